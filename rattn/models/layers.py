@@ -1,0 +1,82 @@
+"""Building blocks shared by the backbones and the Residual Attention Network."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rattn.attention import create_attention
+
+# He et al.'s initialisation as the reference PyTorch/Caffe ResNets use it.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# PyTorch/Caffe BatchNorm conventions (momentum 0.1 there == 0.9 decay here).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def batch_norm(train: bool, dtype: Any, param_dtype: Any, **kwargs) -> functools.partial:
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON, dtype=dtype, param_dtype=param_dtype, **kwargs)
+
+
+def conv(dtype: Any, param_dtype: Any, **kwargs) -> functools.partial:
+  """A bias-free convolution, as every conv in these networks is."""
+  return functools.partial(
+      nn.Conv, use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
+      param_dtype=param_dtype, **kwargs)
+
+
+def pad_same(kernel: int) -> tuple:
+  """Caffe/PyTorch symmetric padding k // 2 (XLA's 'SAME' pads strided convs asymmetrically)."""
+  return ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
+
+
+def make_attention(name: Optional[str], kwargs: Optional[Mapping[str, Any]], dtype: Any,
+                   param_dtype: Any, module_name: str = 'attention') -> Optional[nn.Module]:
+  return create_attention(name, dtype=dtype, param_dtype=param_dtype, name=module_name,
+                          **dict(kwargs or {}))
+
+
+class PreActBottleneck(nn.Module):
+  """Pre-activation bottleneck residual unit (He et al. 2016, arXiv 1603.05027).
+
+  BN-ReLU-1x1(C/4) -> BN-ReLU-3x3(C/4, stride) -> BN-ReLU-1x1(C), no conv biases:
+  the residual unit of pre-act ResNet-164 and of the Residual Attention Network
+  (the authors' prototxts). The stride sits on the 3x3 conv; a projection
+  shortcut (strided 1x1) is applied to the *pre-activated* input whenever the
+  shape changes. An optional attention module acts on the residual branch
+  before the addition, where SE/CBAM/ECA place it.
+  """
+  features: int
+  strides: int = 1
+  bottleneck_ratio: int = 4
+  attention: Optional[str] = None
+  attention_kwargs: Optional[Mapping[str, Any]] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    norm = batch_norm(train, self.dtype, self.param_dtype)
+    conv_ = conv(self.dtype, self.param_dtype)
+    inner = self.features // self.bottleneck_ratio
+    preact = nn.relu(norm(name='bn1')(x))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = conv_(self.features, (1, 1), strides=self.strides, name='proj')(preact)
+    y = conv_(inner, (1, 1), name='conv1')(preact)
+    y = nn.relu(norm(name='bn2')(y))
+    y = conv_(inner, (3, 3), strides=self.strides, padding=pad_same(3), name='conv2')(y)
+    y = nn.relu(norm(name='bn3')(y))
+    y = conv_(self.features, (1, 1), name='conv3')(y)
+    attention = make_attention(self.attention, self.attention_kwargs, self.dtype,
+                               self.param_dtype)
+    if attention is not None:
+      y = attention(y, train=train)
+    return shortcut + y

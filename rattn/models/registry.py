@@ -1,0 +1,26 @@
+"""The model registry: ``create_model(name, num_classes=..., **kwargs)``.
+
+Training code knows models only through these names. Every model is a Flax module
+called as ``model(images, train=bool)`` on NHWC float images, returning logits,
+with BatchNorm statistics in the ``batch_stats`` collection.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import flax.linen as nn
+
+from rattn.registry import Registry
+
+MODELS = Registry('model')
+register_model = MODELS.register
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Builds the model registered as ``name`` (ValueError listing valid names if unknown)."""
+  return MODELS.get(name)(num_classes=num_classes, **kwargs)
+
+
+def list_models() -> List[str]:
+  return MODELS.names()
