@@ -12,15 +12,21 @@ class Registry:
   def __init__(self, kind: str):
     self.kind = kind
     self._entries: Dict[str, Callable[..., Any]] = {}
+    self._info: Dict[str, Dict[str, Any]] = {}
 
-  def register(self, name: str, constructor: Callable[..., Any] | None = None):
-    """Registers ``constructor`` under ``name``; usable as a decorator."""
+  def register(self, name: str, constructor: Callable[..., Any] | None = None, **info):
+    """Registers ``constructor`` under ``name``; usable as a decorator.
+
+    ``info`` is free metadata kept beside the entry (e.g. a model's default input
+    size and the paper's parameter count), read back with ``info(name)``.
+    """
 
     def add(fn):
       key = name.lower()
       if key in self._entries:
         raise ValueError(f'{self.kind} {key!r} is registered twice.')
       self._entries[key] = fn
+      self._info[key] = dict(info)
       return fn
 
     return add(constructor) if constructor is not None else add
@@ -30,6 +36,10 @@ class Registry:
 
   def __contains__(self, name: str) -> bool:
     return isinstance(name, str) and name.lower() in self._entries
+
+  def info(self, name: str) -> Dict[str, Any]:
+    self.get(name)  # raises the helpful error for unknown names
+    return dict(self._info[name.lower()])
 
   def get(self, name: str) -> Callable[..., Any]:
     key = name.lower() if isinstance(name, str) else name

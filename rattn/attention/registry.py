@@ -18,15 +18,18 @@ ATTENTIONS = Registry('attention')
 register_attention = ATTENTIONS.register
 
 
-def create_attention(name: Optional[str], **kwargs) -> Optional[nn.Module]:
-  """Builds the attention module registered as ``name``; ``None``/``''`` gives ``None``.
+def create_attention(attention: Optional[str], /, **kwargs) -> Optional[nn.Module]:
+  """Builds the attention module registered as ``attention``; ``None``/``''`` gives ``None``.
+
+  ``kwargs`` go to the module (``dtype``, ``param_dtype``, Flax's ``name``, and the
+  family's own fields such as ``reduction``).
 
   Raises:
-    ValueError: if ``name`` is not registered; the message lists the valid names.
+    ValueError: if ``attention`` is not registered; the message lists the valid names.
   """
-  if not name:
+  if not attention:
     return None
-  return ATTENTIONS.get(name)(**kwargs)
+  return ATTENTIONS.get(attention)(**kwargs)
 
 
 def list_attentions() -> List[str]:

@@ -17,9 +17,9 @@ MODELS = Registry('model')
 register_model = MODELS.register
 
 
-def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Builds the model registered as ``name`` (ValueError listing valid names if unknown)."""
-  return MODELS.get(name)(num_classes=num_classes, **kwargs)
+def create_model(model: str, /, num_classes: int, **kwargs) -> nn.Module:
+  """Builds the model registered as ``model`` (ValueError listing valid names if unknown)."""
+  return MODELS.get(model)(num_classes=num_classes, **kwargs)
 
 
 def list_models() -> List[str]:
