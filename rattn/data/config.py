@@ -1,0 +1,50 @@
+"""The data section of an experiment config: ``config.data = data_config()``.
+
+Configs are locked, so every field the input pipeline reads is declared here
+with its default; an experiment overrides a few (``--config.data.label_noise=0.3``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Returns the input-pipeline fields with their defaults.
+
+  Fields:
+    dataset: 'cifar10', 'cifar100', 'fashion_mnist', 'imagenet2012' or 'cifar10_n'.
+    data_dir: tfds data dir; None reads ``$TFDS_DATA_DIR`` (else tfds's default).
+    train_split / eval_split: tfds split names; slices such as 'train[:90%]' work.
+      ImageNet has no 'test' split: set eval_split='validation' there.
+    augment: 'auto' (the dataset's default), 'cifar' (4-pixel zero pad, random
+      crop, horizontal flip), 'imagenet' (random-resized crop + flip; eval is a
+      centre crop) or 'none'.
+    image_size: side of the square images fed to the model; None keeps the
+      dataset's own size (ImageNet: 224). Small datasets are resized once, on read.
+    label_noise: rate r of the symmetric label noise on the training labels.
+    noise_seed: seed of that noise (independent of the training seed).
+    label_source: 'clean', or a CIFAR-10N human label set with dataset='cifar10_n':
+      'cifar10n_aggre', 'cifar10n_worse', 'cifar10n_random1' (2, 3).
+    num_workers: grain worker processes; 0 reads in this process (with threads).
+    prefetch: batches read ahead (per worker, when there are workers).
+    shuffle: reshuffle the training data every epoch.
+    cache_in_memory: 'auto' (small datasets yes, ImageNet no), 'true' or 'false':
+      decode the split once into a uint8 array and augment whole batches with numpy.
+  """
+  return ml_collections.ConfigDict({
+      'dataset': 'cifar10',
+      'data_dir': config_dict.placeholder(str),
+      'train_split': 'train',
+      'eval_split': 'test',
+      'augment': 'auto',
+      'image_size': config_dict.placeholder(int),
+      'label_noise': 0.0,
+      'noise_seed': 0,
+      'label_source': 'clean',
+      'num_workers': 0,
+      'prefetch': 4,
+      'shuffle': True,
+      'cache_in_memory': 'auto',
+  })

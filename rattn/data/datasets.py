@@ -1,0 +1,205 @@
+"""What rattn knows about each dataset, and how it opens a tfds split for reading.
+
+Reading goes through ``tfds`` data sources (array_record files, random access),
+which needs no TensorFlow. Only *preparing* a dataset that is not on disk yet
+runs tfds's stock builder, which does need TensorFlow; where TensorFlow is
+absent (accelerator machines) a missing dataset is one clear error instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+_log = logging.getLogger(__name__)
+
+# Per-channel statistics of the full training sets (pixels scaled to [0, 1]);
+# fixed constants, so that every subset and every host normalises alike.
+_CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# CIFAR-10N's human label sets (Wei et al., ICLR 2022), named after tfds's features.
+CIFAR10N_LABELS = {
+    'cifar10n_aggre': 'aggre_label',
+    'cifar10n_worse': 'worse_label',
+    'cifar10n_random1': 'random_label1',
+    'cifar10n_random2': 'random_label2',
+    'cifar10n_random3': 'random_label3',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about a supported dataset."""
+  num_classes: int
+  channels: int
+  native_size: Optional[int]  # side of the stored images; None where it varies
+  default_size: int  # side fed to the model when config.image_size is None
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  default_augment: str
+  offline_files: str  # what to place in downloads/manual/ for an offline build
+
+  @property
+  def small(self) -> bool:
+    """Fixed-size images that fit in memory: batch-level numpy augmentation."""
+    return self.native_size is not None
+
+
+_CIFAR10_FILES = 'the official archive cifar-10-binary.tar.gz'
+SPECS: Dict[str, DatasetSpec] = {
+    'cifar10': DatasetSpec(10, 3, 32, 32, _CIFAR10_MEAN, _CIFAR10_STD, 'cifar',
+                           _CIFAR10_FILES),
+    'cifar100': DatasetSpec(100, 3, 32, 32, _CIFAR100_MEAN, _CIFAR100_STD, 'cifar',
+                            'the official archive cifar-100-binary.tar.gz'),
+    # Pad-crop + flip as for CIFAR: the recipe Fashion-MNIST baselines use (e.g.
+    # Zhong et al., Random Erasing, AAAI 2020); a mirrored garment is still one.
+    'fashion_mnist': DatasetSpec(10, 1, 28, 28, (0.2860,), (0.3530,), 'cifar',
+                                 'the four official *-ubyte.gz files'),
+    'cifar10_n': DatasetSpec(10, 3, 32, 32, _CIFAR10_MEAN, _CIFAR10_STD, 'cifar',
+                             _CIFAR10_FILES + ' and the CIFAR-N files that '
+                             "tfds's cifar10_n manual instructions name"),
+    'imagenet2012': DatasetSpec(1000, 3, None, 224, _IMAGENET_MEAN, _IMAGENET_STD,
+                                'imagenet', 'ILSVRC2012_img_train.tar and '
+                                'ILSVRC2012_img_val.tar (from image-net.org)'),
+}
+AUGMENTS = ('cifar', 'imagenet', 'none')
+
+
+class DatasetNotFoundError(ValueError):
+  """The dataset is not prepared in the data dir and cannot be prepared here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the trainer need to know about the configured dataset."""
+  name: str
+  num_classes: int
+  image_shape: Tuple[int, int, int]  # (H, W, C) as fed to the model
+  num_train: int
+  num_eval: int
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+
+
+def spec(data_cfg: ml_collections.ConfigDict) -> DatasetSpec:
+  name = data_cfg.dataset
+  if name not in SPECS:
+    raise ValueError(f'Unknown dataset {name!r}. Valid datasets are: {", ".join(sorted(SPECS))}.')
+  return SPECS[name]
+
+
+def image_size(data_cfg: ml_collections.ConfigDict) -> int:
+  size = data_cfg.image_size or spec(data_cfg).default_size
+  if size <= 0:
+    raise ValueError(f'image_size must be positive, got {size}.')
+  return size
+
+
+def augment_name(data_cfg: ml_collections.ConfigDict) -> str:
+  """The augmentation 'auto' resolves to, checked against the dataset."""
+  ds_spec = spec(data_cfg)
+  name = ds_spec.default_augment if data_cfg.augment == 'auto' else data_cfg.augment
+  if name not in AUGMENTS:
+    raise ValueError(f"Unknown augment {name!r}; use 'auto', {', '.join(map(repr, AUGMENTS))}.")
+  if name == 'cifar' and not ds_spec.small:
+    raise ValueError(f"augment='cifar' needs fixed-size images; use 'imagenet' for {data_cfg.dataset}.")
+  if name == 'imagenet' and ds_spec.small:
+    raise ValueError(f"augment='imagenet' is for ImageNet; use 'cifar' for {data_cfg.dataset}.")
+  return name
+
+
+def in_memory(data_cfg: ml_collections.ConfigDict) -> bool:
+  value = str(data_cfg.cache_in_memory).lower()
+  if value not in ('auto', 'true', 'false'):
+    raise ValueError(f"cache_in_memory must be 'auto', 'true' or 'false', got {value!r}.")
+  if value == 'true' and not spec(data_cfg).small:
+    raise ValueError(f'{data_cfg.dataset} is too large (and its images vary in size) to '
+                     "cache in memory; use cache_in_memory='auto' or 'false'.")
+  return spec(data_cfg).small and value != 'false'
+
+
+def label_key(data_cfg: ml_collections.ConfigDict, train: bool) -> str:
+  """The feature holding the labels: CIFAR-10N's human labels only ever for training."""
+  source = data_cfg.label_source
+  if source == 'clean':
+    return 'label'
+  if source not in CIFAR10N_LABELS:
+    raise ValueError(f"Unknown label_source {source!r}; use 'clean' or one of "
+                     f'{", ".join(sorted(CIFAR10N_LABELS))}.')
+  if data_cfg.dataset != 'cifar10_n':
+    raise ValueError(f"label_source={source!r} needs dataset='cifar10_n' "
+                     f'(got {data_cfg.dataset!r}).')
+  return CIFAR10N_LABELS[source] if train else 'label'
+
+
+def data_dir(data_cfg: ml_collections.ConfigDict) -> Optional[str]:
+  return data_cfg.data_dir or os.environ.get('TFDS_DATA_DIR')
+
+
+def _tensorflow_importable() -> bool:
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def _not_found_message(name: str, builder: Any, why: str) -> str:
+  ds_spec = SPECS[name]
+  root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
+  return (
+      f'Dataset {name!r} (tfds version {builder.version}) is not prepared in the data dir '
+      f'{root!r} (looked for {os.fspath(builder.data_dir)!r}), {why}. '
+      f'Point $TFDS_DATA_DIR (or --config.data.data_dir) at a tfds data dir that holds it '
+      f'in array_record format (this project reads ../shared/tfds where present). To build '
+      f'it, on a machine with TensorFlow installed (pip install tensorflow-cpu; reading '
+      f'needs no TensorFlow, preparing does) run `tfds build {name} '
+      f'--file_format=array_record --data_dir=DIR`; without internet, first place '
+      f'{ds_spec.offline_files} in DIR/downloads/manual/, where tfds\'s stock builder '
+      f'takes them from and checks their registered checksums.')
+
+
+def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict[str, Any]]:
+  """A random-access data source over ``split``; prepares the dataset if it can.
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared and cannot be prepared here.
+  """
+  name = data_cfg.dataset
+  spec(data_cfg)
+  builder = tfds.builder(name, data_dir=data_dir(data_cfg))
+  if not builder.is_prepared():
+    if not _tensorflow_importable():
+      raise DatasetNotFoundError(_not_found_message(
+          name, builder, 'and TensorFlow, which preparing it needs, is not installed'))
+    _log.warning('Preparing %s in %s with tfds (array_record); this runs once.',
+                    name, builder.data_dir)
+    try:
+      builder.download_and_prepare(file_format='array_record')
+    except Exception as e:  # any builder failure: no network, no manual files...
+      raise DatasetNotFoundError(_not_found_message(
+          name, builder, f'and preparing it failed ({type(e).__name__}: {e})')) from e
+  return builder.as_data_source(split=split)
+
+
+def dataset_info(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+  """Shapes, class count and true split sizes (read off the data sources)."""
+  ds_spec = spec(data_cfg)
+  augment_name(data_cfg)  # fail early on a bad combination
+  size = image_size(data_cfg)
+  return DatasetInfo(
+      name=data_cfg.dataset,
+      num_classes=ds_spec.num_classes,
+      image_shape=(size, size, ds_spec.channels),
+      num_train=len(open_split(data_cfg, data_cfg.train_split)),
+      num_eval=len(open_split(data_cfg, data_cfg.eval_split)),
+      mean=ds_spec.mean,
+      std=ds_spec.std,
+  )
