@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from rattn.attention.common import check_nhwc, record
 from rattn.attention.registry import register_attention
+from rattn.norm import batch_norm
 
 
 def _channel_gate(module: nn.Module, x: jax.Array, reduction: int) -> jax.Array:
@@ -56,13 +57,9 @@ def _spatial_gate(module: nn.Module, x: jax.Array, kernel_size: int,
   logits = nn.Conv(1, (kernel_size, kernel_size), padding=((pad, pad), (pad, pad)),
                    use_bias=False, dtype=module.dtype, param_dtype=module.param_dtype,
                    name='conv')(compressed)
-  # rattn.models.layers.batch_norm cannot be imported here (layers imports this
-  # package), so its PyTorch-equivalent settings are spelt out: momentum 0.9 here is
-  # PyTorch's 0.1. The official BasicConv uses PyTorch momentum 0.01; we keep the
-  # project-wide convention, which only changes how fast running statistics move.
-  logits = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=module.dtype, param_dtype=module.param_dtype,
-                        name='bn')(logits)
+  # The official BasicConv uses PyTorch momentum 0.01; we keep the project-wide
+  # convention (rattn.norm), which only changes how fast running statistics move.
+  logits = batch_norm(train, module.dtype, module.param_dtype)(name='bn')(logits)
   return nn.sigmoid(logits)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from rattn.attention.common import check_nhwc, record
 from rattn.attention.registry import register_attention
+from rattn.norm import batch_norm
 
 
 def coord_hidden_channels(channels: int, reduction: int = 32, min_hidden: int = 8) -> int:
@@ -60,11 +61,8 @@ class CoordinateAttention(nn.Module):
     pooled_h = jnp.mean(x, axis=2, keepdims=True)
     pooled_w = jnp.swapaxes(jnp.mean(x, axis=1, keepdims=True), 1, 2)
     y = conv1x1(hidden, name='conv1')(jnp.concatenate([pooled_h, pooled_w], axis=1))
-    # rattn.models.layers.batch_norm cannot be imported here (layers imports this
-    # package), so its settings are spelt out: momentum 0.9 here is PyTorch's 0.1,
-    # the official code's nn.BatchNorm2d default.
-    y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='bn1')(y)
+    # rattn.norm's momentum 0.9 is PyTorch's 0.1, the official nn.BatchNorm2d default.
+    y = batch_norm(train, self.dtype, self.param_dtype)(name='bn1')(y)
     y = nn.hard_swish(y)
     y_h, y_w = y[:, :height], jnp.swapaxes(y[:, height:], 1, 2)
     gate_h = nn.sigmoid(conv1x1(channels, name='conv_h')(y_h))

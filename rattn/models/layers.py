@@ -10,20 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from rattn.attention import create_attention
+from rattn.norm import batch_norm  # re-exported: the backbones import it from here
 
 # He et al.'s initialisation as the reference PyTorch/Caffe ResNets use it.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-# PyTorch/Caffe BatchNorm conventions (momentum 0.1 there == 0.9 decay here).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-
-def batch_norm(train: bool, dtype: Any, param_dtype: Any, **kwargs) -> functools.partial:
-  return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON, dtype=dtype, param_dtype=param_dtype, **kwargs)
-
 
 def conv(dtype: Any, param_dtype: Any, **kwargs) -> functools.partial:
   """A bias-free convolution, as every conv in these networks is."""

@@ -24,9 +24,13 @@ def abstract_variables(model, input_shape: Sequence[int]):
                         jax.random.key(0), x)
 
 
-def count_params(model, input_shape: Sequence[int] = (1, 224, 224, 3)) -> int:
-  """Trainable parameters (the ``params`` collection; BatchNorm statistics excluded)."""
-  variables = abstract_variables(model, input_shape)
+def count_params(model, input_shape: Sequence[int] = (1, 224, 224, 3), variables=None) -> int:
+  """Trainable parameters (the ``params`` collection; BatchNorm statistics excluded).
+
+  ``variables`` (concrete or abstract) skips tracing ``init`` again when at hand.
+  """
+  if variables is None:
+    variables = abstract_variables(model, input_shape)
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables['params'])))
 
 
@@ -70,9 +74,10 @@ def jaxpr_macs(jaxpr) -> int:
   return total
 
 
-def count_macs(model, input_shape: Sequence[int] = (1, 224, 224, 3)) -> int:
+def count_macs(model, input_shape: Sequence[int] = (1, 224, 224, 3), variables=None) -> int:
   """Multiply-adds of one inference forward pass, per image."""
-  variables = abstract_variables(model, input_shape)
+  if variables is None:
+    variables = abstract_variables(model, input_shape)
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   return jaxpr_macs(closed.jaxpr) // input_shape[0]
@@ -83,8 +88,9 @@ def model_summary(name: str, num_classes: int, image_size: int, channels: int = 
   """Parameter and multiply-add counts of the registered model ``name``."""
   model = create_model(name, num_classes=num_classes, **kwargs)
   shape: Tuple[int, ...] = (1, image_size, image_size, channels)
-  return {'model': name, 'params': count_params(model, shape),
-          'macs': count_macs(model, shape), 'input': shape[1:]}
+  variables = abstract_variables(model, shape)
+  return {'model': name, 'params': count_params(model, shape, variables),
+          'macs': count_macs(model, shape, variables), 'input': shape[1:]}
 
 
 def format_count(n: float) -> str:
