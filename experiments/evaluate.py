@@ -1,0 +1,47 @@
+r"""Evaluates a trained workdir's checkpoint and prints its accuracy.
+
+  python -m experiments.evaluate --workdir /tmp/ran56
+  python -m experiments.evaluate --workdir /tmp/ran56 --split train --step 160000
+  python -m experiments.evaluate --workdir /tmp/run --dataset cifar10 --data_dir ../shared/tfds
+
+By default the checkpoint with the best eval accuracy (the latest if none was
+evaluated) on the training config's eval split. Prints one human-readable line
+and, with --json, the metrics as one JSON object.
+"""
+
+import json
+
+from absl import app, flags
+
+from rattn import train
+from rattn.train import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best one).')
+_DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).')
+_SPLIT = flags.DEFINE_string('split', None, 'Split, e.g. test or train[:10%] (default: '
+                             'the config\'s eval split).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the training one, '
+                                'else $TFDS_DATA_DIR).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: '
+                                   'the config\'s eval_batch_size).')
+_JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.initialize_distributed()
+  metrics = train.evaluate_workdir(_WORKDIR.value, step=_STEP.value, dataset=_DATASET.value,
+                                   split=_SPLIT.value, data_dir=_DATA_DIR.value,
+                                   batch_size=_BATCH_SIZE.value)
+  print(f'{metrics["dataset"]}:{metrics["split"]} at step {metrics["step"]:,}: '
+        f'accuracy {100 * metrics["accuracy"]:.2f}%, top-5 {100 * metrics["top5_accuracy"]:.2f}%, '
+        f'loss {metrics["loss"]:.4f} ({metrics["count"]:,} images)')
+  if _JSON.value:
+    print(json.dumps(metrics))
+
+
+if __name__ == '__main__':
+  cli.run(main)

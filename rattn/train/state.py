@@ -1,0 +1,96 @@
+"""The train state, the device mesh and the shardings every step agrees on.
+
+Data parallelism the way current JAX wants it: one 1-D ``('data',)`` mesh over
+all devices of all processes; the train state is replicated, batches are split
+along their leading axis; ``jax.jit`` inserts the gradient all-reduce, and
+BatchNorm, which reduces over the batch axis of a *global* array, sees the whole
+global batch (sync-BN for free, no ``axis_name``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus the BatchNorm running statistics."""
+  batch_stats: Any = None
+
+  def variables(self) -> dict:
+    """The variables ``model.apply`` takes for inference."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Host-local numpy batch -> global arrays split over the mesh's data axis.
+
+  Each process passes its own slice of the global batch; the global batch is
+  the processes' slices concatenated in process order.
+  """
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
+             image_shape: Tuple[int, int, int], seed: int):
+
+  def init() -> TrainState:
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = model.init(jax.random.key(seed), dummy, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                             batch_stats=variables.get('batch_stats', {}))
+
+  return init
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       image_shape: Tuple[int, int, int], mesh: Mesh,
+                       seed: int = 0) -> TrainState:
+  """Initialises the model and optimiser directly into replicated device memory.
+
+  Initialisation runs under ``jit`` with a replicated output sharding, so every
+  process computes the same parameters from ``seed`` and no host ever holds a
+  copy that must be broadcast.
+  """
+  return jax.jit(_init_fn(model, tx, image_shape, seed), out_shardings=replicated(mesh))()
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                         image_shape: Tuple[int, int, int], mesh: Mesh) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings, computing nothing.
+
+  This is the target a checkpoint is restored into.
+  """
+  shapes = jax.eval_shape(_init_fn(model, tx, image_shape, seed=0))
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      shapes)
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -1,0 +1,244 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+One readable trainer in the big_vision manner: setup, input, model and state,
+resume, steps, loop, final report. Rerunning the same command with the same
+workdir resumes from the latest checkpoint: parameters, optimiser state, step
+and the input pipeline's position all come back, so the resumed run computes
+what an uninterrupted one would have.
+
+The loop never waits on the device except at log, eval and checkpoint steps:
+per-step metrics stay on device until then.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from rattn import data
+from rattn.train.build import (build_model, check_batch_sizes, check_config,
+                               init_train_state, make_tx)
+from rattn.train.checkpoint import Checkpointer
+from rattn.train.metric_writer import MetricWriter
+from rattn.train.state import TrainState, count_params, make_mesh, shard_batch
+from rattn.train.steps import make_eval_step, make_train_step
+
+CONFIG_FILE = 'config.json'
+DATASET_INFO_FILE = 'dataset_info.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the message says where and what to try."""
+
+
+def evaluate(eval_step, state: TrainState, eval_data: Iterable[dict], mesh) -> Dict[str, float]:
+  """Accuracy, top-5 accuracy and mean loss over one pass of ``eval_data`` (padding masked out).
+
+  ``eval_data`` is what ``rattn.data.make_eval_iterator`` returns; it is built
+  once (small datasets decode into memory then) and iterated at every eval.
+  """
+  sums = None
+  for batch in eval_data:
+    out = eval_step(state, shard_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  if sums is None:
+    raise ValueError('The eval split is empty.')
+  sums = jax.device_get(sums)
+  count = float(sums['count'])
+  return {'accuracy': float(sums['correct']) / count,
+          'top5_accuracy': float(sums['correct_top5']) / count,
+          'loss': float(sums['loss']) / count, 'count': int(count)}
+
+
+def _divergence_message(step: int, values: Dict[str, float], last_good: Optional[int],
+                        checkpoint_dir: pathlib.Path, config: ml_collections.ConfigDict) -> str:
+  kept = (f'The last good checkpoint, step {last_good:,} in {checkpoint_dir}, is kept and '
+          'restorable (no checkpoint is ever written from a non-finite state); rerunning '
+          'the same command resumes from it, and will most likely diverge again at the same '
+          'place, because the resumed run sees the same data in the same order.'
+          if last_good is not None else
+          'No checkpoint had been written yet, so nothing is kept.')
+  bf16 = (' If you train in bfloat16, try --config.dtype=float32.'
+          if config.dtype != 'float32' else '')
+  return (
+      f'Training diverged: at step {step:,} the loss was {values["loss"]} and the gradient '
+      f'norm {values["grad_norm"]} (not finite), so training stopped. {kept} Things to try: '
+      f'a lower learning rate (now --config.schedule.base_lr={config.schedule.base_lr}), a '
+      f'longer warm-up (--config.schedule.warmup_steps, now {config.schedule.warmup_steps}), '
+      f'a larger batch, or checking the input data for NaN/Inf.{bf16}')
+
+
+def _mean_metrics(pending: List[Tuple[int, Dict[str, jax.Array]]]) -> Dict[str, float]:
+  values = jax.device_get([m for _, m in pending])
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
+def _first_non_finite(pending) -> Optional[Tuple[int, Dict[str, float]]]:
+  """The first (step, metrics) whose loss or gradient is NaN/Inf, if any (a host sync)."""
+  for step, metrics in pending:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (math.isfinite(values['loss']) and math.isfinite(values['grad_norm'])):
+      return step, values
+  return None
+
+
+def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                     info: Any) -> None:
+  """config.json and dataset_info.json, read back by load_trained and the evaluate CLI."""
+  config_path = workdir / CONFIG_FILE
+  new = json.loads(config.to_json_best_effort())
+  if config_path.exists():
+    old = json.loads(config_path.read_text())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+      logging.warning('Resuming %s with a config that differs from the saved one in: %s. '
+                      'The new config is saved; the checkpoint is used as it is.',
+                      workdir, ', '.join(changed))
+  config_path.write_text(json.dumps(new, indent=2) + '\n')
+  info_dict = {'name': info.name, 'num_classes': int(info.num_classes),
+               'image_shape': [int(d) for d in info.image_shape],
+               'num_train': int(info.num_train), 'num_eval': int(info.num_eval),
+               'mean': [float(m) for m in np.ravel(info.mean)],
+               'std': [float(s) for s in np.ravel(info.std)]}
+  (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
+
+  Returns a dict with ``step``, ``train_loss``, ``train_accuracy``,
+  ``eval_accuracy``, ``eval_top5_accuracy``, ``eval_loss``, ``best_eval_accuracy``,
+  ``best_step``, ``num_params`` and ``wall_time_s`` (of this invocation).
+
+  Raises:
+    ConfigError: the config cannot run (the message says which field to change).
+    CheckpointError: the workdir's latest checkpoint cannot be restored.
+    TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
+  """
+  started = time.perf_counter()
+  workdir = pathlib.Path(workdir).absolute()
+  is_primary = jax.process_index() == 0
+
+  # ------------------------------------------------------------------ setup
+  check_config(config)
+  mesh = make_mesh()
+  check_batch_sizes(config, mesh.size, jax.process_count())
+  info = data.dataset_info(config.data)
+  model = build_model(config, info.num_classes)
+  image_shape = tuple(info.image_shape)
+  total_steps = int(config.num_train_steps)
+  if is_primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+  logging.info('%d process(es), %d %s device(s); global batch %d (%d per device).',
+               jax.process_count(), mesh.size, jax.devices()[0].platform, config.batch_size,
+               config.batch_size // mesh.size)
+
+  # ------------------------------------------------------------------ input
+  train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                        seed=int(config.seed))
+  eval_data = data.make_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+
+  # ------------------------------------------------------------------ model, state, resume
+  checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, keep=int(config.keep_checkpoints))
+  latest = checkpoints.latest_step()
+  if latest is None:
+    state = init_train_state(config, model, image_shape, mesh)
+  else:
+    abstract = init_train_state(config, model, image_shape, mesh, abstract=True)
+    state = checkpoints.restore(latest, abstract, train_iter)
+    logging.info('Resumed from the checkpoint at step %d in %s.', latest, checkpoints.directory)
+  start_step = latest or 0
+  if is_primary:
+    _write_run_files(workdir, config, info)
+  num_params = count_params(state.params)
+  logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
+               f'{num_params:,}', info.name, image_shape, info.num_classes)
+  _, schedule = make_tx(config)
+
+  # ------------------------------------------------------------------ steps
+  train_step = make_train_step(config, mesh)
+  eval_step = make_eval_step(mesh)
+
+  # ------------------------------------------------------------------ loop
+  writer = MetricWriter(workdir, total_steps=total_steps, start_step=start_step,
+                        batch_size=int(config.batch_size))
+  writer.write_event(start_step, 'start', model=config.model, num_params=num_params,
+                     processes=jax.process_count(), devices=mesh.size,
+                     data=data.describe(config.data))
+  best_step = checkpoints.best_step()
+  best_metrics = checkpoints.metrics(best_step) if best_step is not None else None
+  best = (best_metrics['accuracy'], best_step) if best_metrics else None
+  train_metrics: Dict[str, float] = {}
+  eval_metrics: Optional[Dict[str, float]] = None
+  pending: List[Tuple[int, Dict[str, jax.Array]]] = []
+
+  def stop_if_diverged(steps):
+    bad = _first_non_finite(steps)
+    if bad is not None:
+      checkpoints.wait_until_finished()
+      message = _divergence_message(bad[0], bad[1], checkpoints.latest_step(),
+                                    checkpoints.directory, config)
+      writer.write_event(bad[0], 'diverged', message=message)
+      raise TrainingDiverged(message)
+
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, shard_batch(next(train_iter), mesh))
+      pending.append((step, metrics))
+      is_last = step == total_steps
+
+      if step % config.log_every == 0 or is_last:
+        stop_if_diverged(pending)
+        train_metrics = _mean_metrics(pending)
+        pending = []
+        writer.write_train(step, train_metrics, lr=float(schedule(step - 1)))
+
+      run_eval = step % config.eval_every == 0 or is_last
+      if run_eval or step % config.checkpoint_every == 0:
+        pause = time.perf_counter()
+        stop_if_diverged(pending)  # never save a state that a NaN has touched
+        if run_eval:
+          eval_metrics = evaluate(eval_step, state, eval_data, mesh)
+          if best is None or eval_metrics['accuracy'] > best[0]:
+            best = (eval_metrics['accuracy'], step)
+          writer.write_eval(step, config.data.eval_split, eval_metrics,
+                            seconds=time.perf_counter() - pause, best=best)
+        checkpoints.save(step, state, train_iter, metrics=eval_metrics if run_eval else None)
+        writer.exclude_pause(time.perf_counter() - pause)
+
+    # ---------------------------------------------------------------- final report
+    if eval_metrics is None:  # the workdir had already finished: report, don't retrain
+      eval_metrics = evaluate(eval_step, state, eval_data, mesh)
+      best = best or (eval_metrics['accuracy'], start_step)
+  finally:
+    checkpoints.close()  # waits for the last save to land
+    writer.close()
+    train_iter.close()  # stops grain's reader threads / worker processes
+
+  result = {
+      'step': total_steps,
+      'train_loss': train_metrics.get('loss'),
+      'train_accuracy': train_metrics.get('accuracy'),
+      'eval_accuracy': eval_metrics['accuracy'],
+      'eval_top5_accuracy': eval_metrics['top5_accuracy'],
+      'eval_loss': eval_metrics['loss'],
+      'best_eval_accuracy': best[0],
+      'best_step': best[1],
+      'num_params': num_params,
+      'wall_time_s': time.perf_counter() - started,
+  }
+  logging.info('Done: step %s, %s accuracy %.2f%% (best %.2f%% at step %s), %s.',
+               f'{total_steps:,}', config.data.eval_split, 100 * result['eval_accuracy'],
+               100 * result['best_eval_accuracy'], f'{result["best_step"]:,}',
+               f'{result["wall_time_s"]:.0f}s')
+  return result

@@ -1,0 +1,117 @@
+"""Unit tests of the training pieces: schedules, optimiser, losses, sharded steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rattn import train
+from rattn.train import optim, steps
+from train_worker import flatten_variables, register, tiny_config
+
+register()
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def _batch(size: int, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  return {'image': rng.standard_normal((size, *IMAGE_SHAPE)).astype(np.float32),
+          'label': rng.integers(0, 10, size).astype(np.int32)}
+
+
+# ---------------------------------------------------------------- schedules and optimiser
+
+
+def test_piecewise_schedule_is_caffe_multistep():
+  config = tiny_config(**{'num_train_steps': 160_000, 'schedule.boundaries': (64_000, 96_000)})
+  lr = optim.make_lr_schedule(config)
+  # The update with 0-based index 64000 is Caffe's iteration 64000: already decayed.
+  np.testing.assert_allclose([lr(0), lr(63_999), lr(64_000), lr(95_999), lr(96_000)],
+                             [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+
+
+def test_warmup_then_cosine():
+  config = tiny_config(**{'num_train_steps': 110, 'schedule.name': 'cosine',
+                          'schedule.warmup_steps': 10, 'schedule.end_lr_fraction': 0.0})
+  lr = optim.make_lr_schedule(config)
+  np.testing.assert_allclose([lr(0), lr(4), lr(9), lr(10), lr(60), lr(110)],
+                             [0.01, 0.05, 0.1, 0.1, 0.05, 0.0], atol=1e-6)
+
+
+def test_weight_decay_is_coupled_and_optionally_spares_norm_params():
+  params = {'conv': {'kernel': jnp.ones((3, 3, 1, 1))}, 'bn': {'scale': jnp.ones(1)}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  for decay_all, scale_moves in ((True, True), (False, False)):
+    config = tiny_config(**{'optimizer.decay_all_params': decay_all,
+                            'optimizer.weight_decay': 0.5})
+    tx = optim.make_optimizer(config, optim.make_lr_schedule(config))
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    # Nesterov SGD of the decay term alone: -lr * (1 + momentum) * wd * w.
+    np.testing.assert_allclose(updates['conv']['kernel'], -0.1 * 1.9 * 0.5, rtol=1e-6)
+    assert bool(jnp.any(updates['bn']['scale'] != 0)) == scale_moves
+
+
+def test_label_smoothing_and_mixup_targets():
+  targets = steps.soft_targets(jnp.array([0, 2]), 4, 0.2)
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(targets[0], [0.85, 0.05, 0.05, 0.05], rtol=1e-6)
+  images = jnp.stack([jnp.zeros((2, 2, 1)), jnp.ones((2, 2, 1))])
+  mixed, lam = steps.mixup(jax.random.key(0), 0.4, images)
+  np.testing.assert_allclose(mixed[0], 1 - lam, rtol=1e-6)  # mixed with its neighbour
+
+
+# ---------------------------------------------------------------- sharded steps
+
+
+def test_sharded_train_step_equals_single_device_step():
+  """8 devices, batch split 8 ways == 1 device with the whole batch: params AND BN stats."""
+  assert jax.device_count() == 8
+  config = tiny_config(**{'label_smoothing': 0.1, 'mixup_alpha': 0.2})
+  model = train.build_model(config, 10)
+  results = []
+  for mesh in (train.make_mesh(), train.make_mesh(jax.devices()[:1])):
+    state = train.init_train_state(config, model, IMAGE_SHAPE, mesh)
+    step = train.make_train_step(config, mesh)
+    for i in range(2):
+      batch = train.shard_batch(_batch(32, seed=i), mesh)
+      assert len(batch['image'].sharding.device_set) == mesh.size
+      state, metrics = step(state, batch)
+    results.append((flatten_variables(state.variables()), jax.device_get(metrics)))
+  (sharded, sharded_metrics), (single, single_metrics) = results
+  assert sharded.keys() == single.keys()
+  assert any('batch_stats' in k for k in sharded)
+  for key in sharded:
+    np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, atol=2e-6, err_msg=key)
+  np.testing.assert_allclose(sharded_metrics['loss'], single_metrics['loss'], rtol=1e-5)
+
+
+def test_eval_step_ignores_padding():
+  config = tiny_config()
+  mesh = train.make_mesh()
+  state = train.init_train_state(config, train.build_model(config, 10), IMAGE_SHAPE, mesh)
+  eval_step = train.make_eval_step(mesh)
+  batch = _batch(16)
+  padded = jax.device_get(eval_step(state, train.shard_batch(
+      dict(batch, mask=np.arange(16) < 8), mesh)))
+  first_half = jax.device_get(eval_step(state, train.shard_batch(
+      {k: v[:8] for k, v in batch.items()}, mesh)))
+  assert padded['count'] == 8
+  for key in ('loss', 'correct', 'correct_top5'):
+    np.testing.assert_allclose(padded[key], first_half[key], rtol=1e-5)
+
+
+def test_create_train_and_step_reads_no_data():
+  """The benchmark entry point: input shape and classes from the model's registry entry."""
+  config = tiny_config(**{'data.dataset': 'no_such_dataset'})  # proves no data is read
+  state, train_step = train.create_train_and_step(config)
+  batch = train.shard_batch(_batch(16), train.make_mesh())  # train_test_tiny: 8x8, 10 classes
+  state, metrics = train_step(state, batch)
+  assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = tiny_config(dtype='bfloat16')
+  mesh = train.make_mesh()
+  state = train.init_train_state(config, train.build_model(config, 10), IMAGE_SHAPE, mesh)
+  state, metrics = train.make_train_step(config, mesh)(state, train.shard_batch(_batch(16), mesh))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  assert metrics['loss'].dtype == jnp.float32 and np.isfinite(float(metrics['loss']))
