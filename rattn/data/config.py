@@ -23,11 +23,13 @@ def data_config() -> ml_collections.ConfigDict:
       centre crop) or 'none'.
     image_size: side of the square images fed to the model; None keeps the
       dataset's own size (ImageNet: 224). Small datasets are resized once, on read.
-    label_noise: rate r of the symmetric label noise on the training labels.
+    label_noise: rate r of the symmetric label noise on the training labels (on
+      top of label_source's labels); evaluation always uses the clean labels.
     noise_seed: seed of that noise (independent of the training seed).
     label_source: 'clean', or a CIFAR-10N human label set with dataset='cifar10_n':
       'cifar10n_aggre', 'cifar10n_worse', 'cifar10n_random1' (2, 3).
     num_workers: grain worker processes; 0 reads in this process (with threads).
+      Evaluation of in-memory data always runs in-process.
     prefetch: batches read ahead (per worker, when there are workers).
     shuffle: reshuffle the training data every epoch.
     cache_in_memory: 'auto' (small datasets yes, ImageNet no), 'true' or 'false':

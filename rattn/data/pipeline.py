@@ -188,20 +188,21 @@ class _ReadBatch:
     return {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
 
 
-def _iter_dataset(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+def _iter_dataset(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
+                  num_workers: int) -> grain.IterDataset:
   """Threads read ahead in this process; worker processes where num_workers > 0."""
   # Two threads overlap input with the training step; more only contend for the
   # GIL. Decoding-heavy input (ImageNet) scales with worker processes instead.
   read = grain.ReadOptions(num_threads=min(data_cfg.prefetch, 2),
                            prefetch_buffer_size=data_cfg.prefetch)
   ds = ds.to_iter_dataset(read)
-  if data_cfg.num_workers > 0:
+  if num_workers > 0:
     if not flags.FLAGS.is_parsed():
       # grain's workers read absl flags (with defaults); outside an absl app (pytest,
       # an argparse script) nobody parsed them, and reading would raise.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_cfg.num_workers, per_worker_buffer_size=max(1, data_cfg.prefetch)))
+        num_workers=num_workers, per_worker_buffer_size=max(1, data_cfg.prefetch)))
   return ds
 
 
@@ -250,7 +251,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
   if augment_kind == 'cifar':
     ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
   ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
-  return iter(_iter_dataset(ds, data_cfg))
+  return iter(_iter_dataset(ds, data_cfg, data_cfg.num_workers))
 
 
 def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, split: Optional[str] = None,
@@ -273,14 +274,17 @@ def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, split: Optional[s
   num_batches = -(-largest_shard // local)
 
   ds = grain.MapDataset.range(num_batches * local)
-  if datasets.in_memory(data_cfg):
+  memory = datasets.in_memory(data_cfg)
+  if memory:
     ds = ds.batch(local).map(_Gather(*_decode_all(read, shard_size), with_mask=True))
   else:
     size = datasets.image_size(data_cfg)
     shape = (size, size, ds_spec.channels)
     ds = ds.map(_EvalRecord(read, shard_size, shape, not ds_spec.small)).batch(local)
   ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
-  return _iter_dataset(ds, data_cfg)
+  # In memory, eval is a gather and a scale: faster here than starting worker
+  # processes, which every pass over an IterDataset does anew.
+  return _iter_dataset(ds, data_cfg, 0 if memory else data_cfg.num_workers)
 
 
 def describe(data_cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
