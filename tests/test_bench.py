@@ -1,0 +1,72 @@
+"""The benchmark command runs and writes well-formed results (no timing assertions)."""
+
+import json
+import math
+
+import pytest
+
+from experiments import bench as bench_cli
+from rattn import bench
+
+MODEL_KEYS = ('model', 'batch_size', 'dtype', 'devices', 'device_kind', 'jax_version', 'date',
+              'command', 'macs_per_image', 'params', 'train_images_per_s',
+              'train_images_per_s_min', 'train_images_per_s_max',
+              'train_images_per_s_pipelined', 'compile_s', 'train_flops_per_s',
+              'eval_images_per_s', 'xla_train_bytes', 'mfu', 'flops_convention')
+
+
+def _read_lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _positive(record, keys):
+  for key in keys:
+    value = record[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+
+
+def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
+  out = tmp_path / 'results.jsonl'
+  # Two simulated devices: the batch is sharded as in training.
+  bench_cli.main(['--model', 'preact_resnet20', '--batch_size', '8', '--steps', '2',
+                  '--warmup', '1', '--devices', '2', '--json_out', str(out)])
+  printed = capsys.readouterr().out
+  assert '| preact_resnet20' in printed and 'train img/s' in printed
+  (record,) = _read_lines(out)
+  assert set(MODEL_KEYS) <= set(record)
+  assert record['kind'] == 'model' and record['devices'] == 2 and record['batch_size'] == 8
+  assert record['command'].startswith('python -m experiments.bench --model preact_resnet20')
+  _positive(record, ('macs_per_image', 'params', 'train_images_per_s', 'train_images_per_s_min',
+                     'train_images_per_s_max', 'train_images_per_s_pipelined', 'compile_s',
+                     'train_flops_per_s', 'eval_images_per_s', 'xla_train_bytes'))
+  assert record['train_images_per_s_min'] <= record['train_images_per_s'] <= \
+      record['train_images_per_s_max']
+  assert record['mfu'] is None  # no known peak for CPUs
+
+
+def test_input_bench_measures_the_grain_pipeline(tmp_path, real_data_dir):
+  out = tmp_path / 'results.jsonl'
+  bench_cli.main(['--input', 'cifar10', '--batch_size', '16', '--steps', '3',
+                  '--json_out', str(out)])
+  (record,) = _read_lines(out)
+  assert record['kind'] == 'input' and record['pipeline'] == 'grain'
+  _positive(record, ('input_images_per_s', 'batch_size'))
+
+
+@pytest.mark.parametrize('kind, dtype, expected', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989e12),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+    ('NVIDIA H200', 'float32', 67e12),
+    ('NVIDIA A100-SXM4-40GB', 'float32', 19.5e12),
+    ('TPU v4', 'float32', None),
+    ('cpu', 'float32', None),
+])
+def test_peak_flops_table(kind, dtype, expected):
+  assert bench.peak_flops(kind, dtype) == expected
+
+
+def test_timing_summaries():
+  timing = bench.Timing((0.5, 0.25, 1.0))
+  assert (timing.median, timing.min, timing.max) == (0.5, 0.25, 1.0)
+  assert timing.rate(10) == {'median': 20.0, 'max': 40.0, 'min': 10.0}
