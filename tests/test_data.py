@@ -33,7 +33,8 @@ BLACK = -np.asarray(datasets.SPECS['cifar10'].mean) / np.asarray(datasets.SPECS[
 # ---------------------------------------------------------------- helpers
 
 
-def cifar(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+def real_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """CIFAR-10 (unless overridden) from the prepared offline data."""
   cfg = data.data_config()
   cfg.data_dir = data_dir
   cfg.update(overrides)
@@ -82,10 +83,10 @@ def test_config_has_every_field_the_pipeline_reads():
 
 
 def test_dataset_info_reads_true_split_sizes(real_data_dir):
-  assert data.dataset_info(cifar(real_data_dir)) == data.DatasetInfo(
+  assert data.dataset_info(real_config(real_data_dir)) == data.DatasetInfo(
       'cifar10', 10, (32, 32, 3), 4153, 1017, datasets.SPECS['cifar10'].mean,
       datasets.SPECS['cifar10'].std)
-  info = data.dataset_info(cifar(real_data_dir, dataset='fashion_mnist'))
+  info = data.dataset_info(real_config(real_data_dir, dataset='fashion_mnist'))
   assert (info.image_shape, info.num_train, info.num_eval) == ((28, 28, 1), 60000, 10000)
 
 
@@ -98,12 +99,12 @@ def test_dataset_info_reads_true_split_sizes(real_data_dir):
 ])
 def test_bad_configs_fail_with_the_fix(real_data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
-    data.make_train_iterator(cifar(real_data_dir, **overrides), global_batch_size=8, seed=0)
+    data.make_train_iterator(real_config(real_data_dir, **overrides), global_batch_size=8, seed=0)
 
 
 def test_batch_must_split_evenly_over_processes(real_data_dir):
   with pytest.raises(ValueError, match='multiple of the process count'):
-    data.make_eval_iterator(cifar(real_data_dir), global_batch_size=9, process_index=0,
+    data.make_eval_iterator(real_config(real_data_dir), global_batch_size=9, process_index=0,
                             process_count=2)
 
 
@@ -111,7 +112,7 @@ def test_batch_must_split_evenly_over_processes(real_data_dir):
 
 
 def test_train_batches_are_normalised_float_images(real_data_dir):
-  cfg = cifar(real_data_dir, augment='none', train_split='train[:1024]')
+  cfg = real_config(real_data_dir, augment='none', train_split='train[:1024]')
   batch = next(data.make_train_iterator(cfg, global_batch_size=512, seed=0))
   assert batch['image'].shape == (512, 32, 32, 3) and batch['image'].dtype == np.float32
   assert batch['label'].shape == (512,) and batch['label'].dtype == np.int32
@@ -122,7 +123,7 @@ def test_train_batches_are_normalised_float_images(real_data_dir):
 
 
 def test_fashion_mnist_is_grayscale_28x28(real_data_dir):
-  cfg = cifar(real_data_dir, dataset='fashion_mnist', train_split='train[:600]',
+  cfg = real_config(real_data_dir, dataset='fashion_mnist', train_split='train[:600]',
               eval_split='test[:100]')
   batch = next(data.make_train_iterator(cfg, global_batch_size=64, seed=0))
   assert batch['image'].shape == (64, 28, 28, 1)
@@ -131,7 +132,7 @@ def test_fashion_mnist_is_grayscale_28x28(real_data_dir):
 
 
 def test_image_size_resizes_small_datasets(real_data_dir):
-  cfg = cifar(real_data_dir, dataset='fashion_mnist', image_size=32, train_split='train[:64]')
+  cfg = real_config(real_data_dir, dataset='fashion_mnist', image_size=32, train_split='train[:64]')
   assert data.dataset_info(cfg).image_shape == (32, 32, 1)
   assert next(data.make_train_iterator(cfg, global_batch_size=16, seed=0))['image'].shape == (
       16, 32, 32, 1)
@@ -139,11 +140,10 @@ def test_image_size_resizes_small_datasets(real_data_dir):
 
 def test_cifar_augmentation_is_a_padded_crop_and_a_flip(real_data_dir):
   """Every augmented image is one of the 9 x 9 x 2 crops/flips of its clean image."""
-  plain = cifar(real_data_dir, augment='none', shuffle=False, train_split='train[:64]')
+  plain = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:64]')
   clean = next(data.make_train_iterator(plain, global_batch_size=64, seed=3))['image']
-  auged = next(data.make_train_iterator(cifar(real_data_dir, shuffle=False,
-                                              train_split='train[:64]'),
-                                        global_batch_size=64, seed=3))['image']
+  auged_cfg = real_config(real_data_dir, shuffle=False, train_split='train[:64]')
+  auged = next(data.make_train_iterator(auged_cfg, global_batch_size=64, seed=3))['image']
   assert auged.shape == clean.shape
   offsets, flips = [], []
   for x, y in zip(clean, auged):
@@ -178,11 +178,11 @@ def test_imagenet_crops_have_the_requested_size(shape):
 
 
 def test_eval_is_deterministic_and_unaugmented(real_data_dir):
-  cfg = cifar(real_data_dir, train_split='train[:100]')
+  cfg = real_config(real_data_dir, train_split='train[:100]')
   eval_ds = data.make_eval_iterator(cfg, split='train[:100]', global_batch_size=50)
   first, second = list(eval_ds), list(eval_ds)
   assert same_batches(first, second)
-  plain = cifar(real_data_dir, augment='none', shuffle=False, train_split='train[:100]')
+  plain = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:100]')
   train = next(data.make_train_iterator(plain, global_batch_size=50, seed=0))
   np.testing.assert_array_equal(first[0]['image'], train['image'])
 
@@ -192,7 +192,7 @@ def test_eval_is_deterministic_and_unaugmented(real_data_dir):
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_sees_every_example_once_with_equal_batch_counts(real_data_dir, process_count):
-  cfg = cifar(real_data_dir)
+  cfg = real_config(real_data_dir)
   batches = [list(data.make_eval_iterator(cfg, global_batch_size=200, process_index=p,
                                           process_count=process_count))
              for p in range(process_count)]
@@ -211,7 +211,7 @@ def test_eval_sees_every_example_once_with_equal_batch_counts(real_data_dir, pro
 
 
 def test_train_shards_are_disjoint_and_cover_every_epoch(real_data_dir):
-  cfg = cifar(real_data_dir, augment='none', train_split='train[:301]')
+  cfg = real_config(real_data_dir, augment='none', train_split='train[:301]')
   every = image_keys(np.concatenate(
       [b['image'] for b in data.make_eval_iterator(cfg, split='train[:301]',
                                                    global_batch_size=301)]))
@@ -231,7 +231,7 @@ def test_train_shards_are_disjoint_and_cover_every_epoch(real_data_dir):
 
 
 def test_resume_from_state_replays_the_same_batches(real_data_dir, tmp_path):
-  cfg = cifar(real_data_dir, train_split='train[:500]')
+  cfg = real_config(real_data_dir, train_split='train[:500]')
 
   def make():
     return data.make_train_iterator(cfg, global_batch_size=64, seed=5)
@@ -257,7 +257,7 @@ def test_resume_from_state_replays_the_same_batches(real_data_dir, tmp_path):
 
 
 def test_worker_processes_give_the_same_stream_and_resume(real_data_dir):
-  cfg = cifar(real_data_dir, train_split='train[:300]')
+  cfg = real_config(real_data_dir, train_split='train[:300]')
   expected = take(data.make_train_iterator(cfg, global_batch_size=32, seed=2), 6)
   cfg.num_workers = 2
   iterator = data.make_train_iterator(cfg, global_batch_size=32, seed=2)
@@ -272,7 +272,7 @@ def test_worker_processes_give_the_same_stream_and_resume(real_data_dir):
 
 
 def test_seed_changes_order_and_augmentation(real_data_dir):
-  cfg = cifar(real_data_dir, train_split='train[:200]')
+  cfg = real_config(real_data_dir, train_split='train[:200]')
   a = next(data.make_train_iterator(cfg, global_batch_size=32, seed=0))
   b = next(data.make_train_iterator(cfg, global_batch_size=32, seed=1))
   assert not np.array_equal(a['image'], b['image'])
@@ -302,9 +302,9 @@ def test_symmetric_noise_matches_the_papers_confusion_matrix():
 
 
 def test_train_iterator_applies_the_noise_per_example(real_data_dir):
-  clean_cfg = cifar(real_data_dir, augment='none', shuffle=False, train_split='train[:400]')
-  noisy_cfg = cifar(real_data_dir, augment='none', shuffle=False, train_split='train[:400]',
-                    label_noise=0.4, noise_seed=7)
+  clean_cfg = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:400]')
+  noisy_cfg = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:400]',
+                          label_noise=0.4, noise_seed=7)
   clean = split_labels(clean_cfg, 'train[:400]')
   expected, fraction = data.symmetric_label_noise(clean, 0.4, 10, seed=7)
   assert data.describe(noisy_cfg)['flipped_fraction'] == fraction
@@ -440,7 +440,7 @@ np.savez(out, image=batch['image'], label=batch['label'], eval_mask=evals['mask'
 
 def test_training_path_runs_without_tensorflow_and_resumes_in_a_new_process(
     real_data_dir, tmp_path):
-  cfg = cifar(real_data_dir, train_split='train[:500]')
+  cfg = real_config(real_data_dir, train_split='train[:500]')
   iterator = data.make_train_iterator(cfg, global_batch_size=64, seed=5)
   take(iterator, 11)
   state = iterator.get_state()
@@ -457,5 +457,5 @@ def test_training_path_runs_without_tensorflow_and_resumes_in_a_new_process(
 
 
 def test_measure_throughput_reports_images_per_second(real_data_dir):
-  cfg = cifar(real_data_dir, train_split='train[:256]')
+  cfg = real_config(real_data_dir, train_split='train[:256]')
   assert data.measure_throughput(cfg, global_batch_size=64, num_batches=5) > 0

@@ -109,7 +109,8 @@ def augment_name(data_cfg: ml_collections.ConfigDict) -> str:
   if name not in AUGMENTS:
     raise ValueError(f"Unknown augment {name!r}; use 'auto', {', '.join(map(repr, AUGMENTS))}.")
   if name == 'cifar' and not ds_spec.small:
-    raise ValueError(f"augment='cifar' needs fixed-size images; use 'imagenet' for {data_cfg.dataset}.")
+    raise ValueError(f"augment='cifar' needs fixed-size images; use 'imagenet' for "
+                     f'{data_cfg.dataset}.')
   if name == 'imagenet' and ds_spec.small:
     raise ValueError(f"augment='imagenet' is for ImageNet; use 'cifar' for {data_cfg.dataset}.")
   return name
