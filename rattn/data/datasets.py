@@ -159,12 +159,12 @@ def _not_found_message(name: str, builder: Any, why: str) -> str:
       f'Dataset {name!r} (tfds version {builder.version}) is not prepared in the data dir '
       f'{root!r} (looked for {os.fspath(builder.data_dir)!r}), {why}. '
       f'Point $TFDS_DATA_DIR (or --config.data.data_dir) at a tfds data dir that holds it '
-      f'in array_record format (this project reads ../shared/tfds where present). To build '
+      f'in array_record format. To build '
       f'it, on a machine with TensorFlow installed (pip install tensorflow-cpu; reading '
       f'needs no TensorFlow, preparing does) run `tfds build {name} '
       f'--file_format=array_record --data_dir=DIR`; without internet, first place '
-      f'{ds_spec.offline_files} in DIR/downloads/manual/, where tfds\'s stock builder '
-      f'takes them from and checks their registered checksums.')
+      f'{ds_spec.offline_files} in DIR/downloads/manual/, which tfds\'s stock builder '
+      f'reads, checking the registered checksums.')
 
 
 def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict[str, Any]]:
@@ -181,7 +181,7 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
       raise DatasetNotFoundError(_not_found_message(
           name, builder, 'and TensorFlow, which preparing it needs, is not installed'))
     _log.warning('Preparing %s in %s with tfds (array_record); this runs once.',
-                    name, builder.data_dir)
+                 name, builder.data_dir)
     try:
       builder.download_and_prepare(file_format='array_record')
     except Exception as e:  # any builder failure: no network, no manual files...
