@@ -23,6 +23,8 @@ def _records(workdir: pathlib.Path) -> list:
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
+# orbax leaves coroutines of the failed restore below un-awaited; they are harmless.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
   config = tiny_config(num_train_steps=4, checkpoint_every=2, eval_every=4, log_every=2)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
@@ -41,6 +43,15 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     assert again['eval_accuracy'] == result['eval_accuracy']
     last = _records(tmp_path)[-1]
     assert last['event'] == 'start' and last['step'] == 4  # resumed at the end: no steps
+
+    # A config whose state does not fit the checkpoint: a clear error, nothing deleted.
+    wider = tiny_config(num_train_steps=6)
+    wider.model_kwargs = {'width': 16}
+    before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+    with pytest.raises(train.CheckpointError, match='Nothing has been deleted.*new --workdir'):
+      train.train_and_evaluate(wider, tmp_path)
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+    assert json.loads((tmp_path / 'config.json').read_text())['model_kwargs'] == {'width': 8}
 
   model, variables, loaded_config = train.load_trained(str(tmp_path))
   assert loaded_config.restored_step == 4 and loaded_config.dataset_info['num_classes'] == 10

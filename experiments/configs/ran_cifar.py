@@ -56,15 +56,16 @@ DEFAULTS = {'model': 'ran92_cifar', 'dataset': 'cifar10', 'attention': 'mixed',
             'learning': 'arl', 'noise': '0', 'seed': '0'}
 
 
-def parse_arg(arg: str | None) -> Dict[str, str]:
-  """'model=ran56_cifar,noise=0.3' -> the full set of keys, defaults filled in."""
-  values = dict(DEFAULTS)
+def parse_arg(arg: str | None, defaults: Dict[str, str] = DEFAULTS,
+              config_name: str = 'ran_cifar.py') -> Dict[str, str]:
+  """'model=ran56_cifar,noise=0.3' -> every key of ``defaults``, given values filled in."""
+  values = dict(defaults)
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
     key, value = key.strip(), value.strip()
-    if not sep or key not in DEFAULTS:
-      raise ValueError(f'ran_cifar.py: bad config argument {item!r}; use key=value pairs '
-                       f'with keys {", ".join(DEFAULTS)} (e.g. model=ran56_cifar,noise=0.3).')
+    if not sep or key not in defaults:
+      raise ValueError(f'{config_name}: bad config argument {item!r}; use key=value pairs '
+                       f'with keys {", ".join(defaults)}.')
     values[key] = value
   return values
 
