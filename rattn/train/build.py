@@ -79,7 +79,8 @@ def _model_fields(name: str) -> Sequence[str]:
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The registered ``config.model`` with ``config.model_kwargs`` and the compute dtype."""
   check_config(config)
-  kwargs = dict(config.model_kwargs)
+  # Plain dicts all the way down: nested kwargs (e.g. attention_kwargs) reach the modules.
+  kwargs = config.model_kwargs.to_dict()
   try:
     return create_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype],
                         **kwargs)
@@ -127,7 +128,7 @@ def init_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     return create_train_state(model, tx, image_shape, mesh, seed=int(config.seed))
   except (ValueError, TypeError, IndexError, ZeroDivisionError) as e:
     raise ConfigError(
-        f'Model {config.model!r} with model_kwargs={dict(config.model_kwargs)} fails to '
+        f'Model {config.model!r} with model_kwargs={config.model_kwargs.to_dict()} fails to '
         f'initialise on images of shape {tuple(image_shape)} (height, width, channels): '
         f'{type(e).__name__}: {e}{_model_input_hint(config.model, image_shape)}') from e
 

@@ -46,7 +46,6 @@ class MetricWriter:
     self.total_steps = total_steps
     self.batch_size = batch_size
     self.enabled = jax.process_index() == 0
-    self._run_start_step = start_step
     self._last_step = start_step
     self._last_time = time.perf_counter()
     # The first interval includes compilation; the ETA uses the steps after it.

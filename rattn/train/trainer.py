@@ -12,6 +12,7 @@ per-step metrics stay on device until then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
@@ -143,55 +144,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                jax.process_count(), mesh.size, jax.devices()[0].platform, config.batch_size,
                config.batch_size // mesh.size)
 
-  # ------------------------------------------------------------------ input
-  train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                        seed=int(config.seed))
-  eval_data = data.make_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+  with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
+    # ---------------------------------------------------------------- input
+    train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                          seed=int(config.seed))
+    cleanup.callback(train_iter.close)  # stops grain's reader threads / worker processes
+    eval_data = data.make_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+    description = data.describe(config.data)
+    logging.info('Data: %s', description)
 
-  # ------------------------------------------------------------------ model, state, resume
-  checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, keep=int(config.keep_checkpoints))
-  latest = checkpoints.latest_step()
-  if latest is None:
-    state = init_train_state(config, model, image_shape, mesh)
-  else:
-    abstract = init_train_state(config, model, image_shape, mesh, abstract=True)
-    state = checkpoints.restore(latest, abstract, train_iter)
-    logging.info('Resumed from the checkpoint at step %d in %s.', latest, checkpoints.directory)
-  start_step = latest or 0
-  if is_primary:
-    _write_run_files(workdir, config, info)
-  num_params = count_params(state.params)
-  logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
-               f'{num_params:,}', info.name, image_shape, info.num_classes)
-  _, schedule = make_tx(config)
+    # ---------------------------------------------------------------- model, state, resume
+    checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, keep=int(config.keep_checkpoints))
+    cleanup.callback(checkpoints.close)  # waits for the last save to land
+    latest = checkpoints.latest_step()
+    if latest is None:
+      state = init_train_state(config, model, image_shape, mesh)
+    else:
+      abstract = init_train_state(config, model, image_shape, mesh, abstract=True)
+      state = checkpoints.restore(latest, abstract, train_iter)
+      logging.info('Resumed from the checkpoint at step %d in %s.', latest,
+                   checkpoints.directory)
+    start_step = latest or 0
+    if is_primary:
+      _write_run_files(workdir, config, info)
+    num_params = count_params(state.params)
+    logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
+                 f'{num_params:,}', info.name, image_shape, info.num_classes)
+    _, schedule = make_tx(config)
 
-  # ------------------------------------------------------------------ steps
-  train_step = make_train_step(config, mesh)
-  eval_step = make_eval_step(mesh)
+    # ---------------------------------------------------------------- steps
+    train_step = make_train_step(config, mesh)
+    eval_step = make_eval_step(mesh)
 
-  # ------------------------------------------------------------------ loop
-  writer = MetricWriter(workdir, total_steps=total_steps, start_step=start_step,
-                        batch_size=int(config.batch_size))
-  writer.write_event(start_step, 'start', model=config.model, num_params=num_params,
-                     processes=jax.process_count(), devices=mesh.size,
-                     data=data.describe(config.data))
-  best_step = checkpoints.best_step()
-  best_metrics = checkpoints.metrics(best_step) if best_step is not None else None
-  best = (best_metrics['accuracy'], best_step) if best_metrics else None
-  train_metrics: Dict[str, float] = {}
-  eval_metrics: Optional[Dict[str, float]] = None
-  pending: List[Tuple[int, Dict[str, jax.Array]]] = []
+    # ---------------------------------------------------------------- loop
+    writer = MetricWriter(workdir, total_steps=total_steps, start_step=start_step,
+                          batch_size=int(config.batch_size))
+    cleanup.callback(writer.close)
+    writer.write_event(start_step, 'start', model=config.model, num_params=num_params,
+                       processes=jax.process_count(), devices=mesh.size, data=description)
+    best_step = checkpoints.best_step()
+    best_metrics = checkpoints.metrics(best_step) if best_step is not None else None
+    best = (best_metrics['accuracy'], best_step) if best_metrics else None
+    train_metrics: Dict[str, float] = {}
+    eval_metrics: Optional[Dict[str, float]] = None
+    pending: List[Tuple[int, Dict[str, jax.Array]]] = []
 
-  def stop_if_diverged(steps):
-    bad = _first_non_finite(steps)
-    if bad is not None:
-      checkpoints.wait_until_finished()
-      message = _divergence_message(bad[0], bad[1], checkpoints.latest_step(),
-                                    checkpoints.directory, config)
-      writer.write_event(bad[0], 'diverged', message=message)
-      raise TrainingDiverged(message)
+    def stop_if_diverged(steps):
+      bad = _first_non_finite(steps)
+      if bad is not None:
+        checkpoints.wait_until_finished()
+        message = _divergence_message(bad[0], bad[1], checkpoints.latest_step(),
+                                      checkpoints.directory, config)
+        writer.write_event(bad[0], 'diverged', message=message)
+        raise TrainingDiverged(message)
 
-  try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, shard_batch(next(train_iter), mesh))
       pending.append((step, metrics))
@@ -220,13 +226,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if eval_metrics is None:  # the workdir had already finished: report, don't retrain
       eval_metrics = evaluate(eval_step, state, eval_data, mesh)
       best = best or (eval_metrics['accuracy'], start_step)
-  finally:
-    checkpoints.close()  # waits for the last save to land
-    writer.close()
-    train_iter.close()  # stops grain's reader threads / worker processes
+    final_step = int(jax.device_get(state.step))
 
   result = {
-      'step': total_steps,
+      'step': final_step,
       'train_loss': train_metrics.get('loss'),
       'train_accuracy': train_metrics.get('accuracy'),
       'eval_accuracy': eval_metrics['accuracy'],
@@ -238,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       'wall_time_s': time.perf_counter() - started,
   }
   logging.info('Done: step %s, %s accuracy %.2f%% (best %.2f%% at step %s), %s.',
-               f'{total_steps:,}', config.data.eval_split, 100 * result['eval_accuracy'],
+               f'{final_step:,}', config.data.eval_split, 100 * result['eval_accuracy'],
                100 * result['best_eval_accuracy'], f'{result["best_step"]:,}',
                f'{result["wall_time_s"]:.0f}s')
   return result
