@@ -4,8 +4,10 @@ r"""A seconds-long run for tests and smoke checks: a tiny pre-act ResNet-20 on 1
 
 Widths 4/8/16 (about 17k parameters) on images resized to 16x16; 8 steps of
 batch 16, so every feature of the loop (logging, eval, checkpoints, resume)
-runs within seconds. Accuracy is meaningless at this length (about chance).
-Runtime: about 15 s on 2 CPU cores, most of it compilation.
+runs within a minute. Accuracy is meaningless at this length: measured 7.6% on
+the 1,017-image CIFAR-10 test subset (chance: 10%).
+Runtime: measured 53 s wall on 2 CPU cores shared with other jobs (load ~8),
+nearly all of it start-up and compilation.
 """
 
 import ml_collections

@@ -44,18 +44,30 @@ def initialize_distributed() -> bool:
 
 
 def config_override_message(error: Exception, argv: Sequence[str]) -> str:
-  """What to tell the user when an override names a field the (locked) config lacks."""
+  """What to tell the user when an override names a field the (locked) config lacks.
+
+  ml_collections says only which key is missing (and maybe the closest one);
+  this finds the flag that named it and spells out the corrected flag.
+  """
   text = str(error).replace("\\'", "'").replace('\\n', '\n')
   names = _QUOTED.findall(text)
   field = names[0] if names else text
   suggestion = _DID_YOU_MEAN.search(text)
-  offending = [a.split('=')[0] for a in argv
-               if a.startswith('--config.') and re.search(rf'\.{re.escape(field)}(=|$)', a)]
-  flag = offending[0] if offending else f'--config....{field}'
-  hint = (f' Did you mean {flag.rsplit(".", 1)[0]}.{suggestion.group(1)}?'
-          if suggestion else ' Check the spelling against the config file.')
-  return (f'{flag}: the config has no field {field!r}.{hint} (Configs are locked so that '
-          'a misspelt override fails instead of being silently ignored.)')
+  flags_given = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+  offending = [f for f in flags_given if field in f.split('.')[1:]]
+  if not offending:
+    hint = f' Did you mean {suggestion.group(1)!r}?' if suggestion else ''
+    return f'the config has no field {field!r}.{hint}'
+  parts = offending[0].split('.')
+  hint = ' Check the spelling against the config file.'
+  if 'model_kwargs' in parts:
+    hint += (' model_kwargs holds the keyword arguments that the config file declares; '
+             'declare a new one there (config.model_kwargs = dict(...)).')
+  if suggestion:
+    parts[parts.index(field, 1)] = suggestion.group(1)
+    hint = f' Did you mean {".".join(parts)}?'
+  return (f'{offending[0]}: the config has no field {field!r}.{hint} (Configs are locked so '
+          'that a misspelt override fails instead of being silently ignored.)')
 
 
 def parse_flags(argv: List[str]) -> List[str]:
