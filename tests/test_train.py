@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rattn import train
 from rattn.train import optim, steps
@@ -115,3 +116,35 @@ def test_bfloat16_compute_keeps_float32_params():
   state, metrics = train.make_train_step(config, mesh)(state, train.shard_batch(_batch(16), mesh))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   assert metrics['loss'].dtype == jnp.float32 and np.isfinite(float(metrics['loss']))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpointer_keeps_latest_and_best_and_restores_data_position(tmp_path):
+  import grain
+  mesh = train.make_mesh()
+  state = jax.device_put({'w': jnp.arange(8.0)}, train.replicated(mesh))
+  dataset = grain.MapDataset.range(100).shuffle(seed=3).batch(4).to_iter_dataset()
+  iterator = iter(dataset)
+  checkpoints = train.Checkpointer(tmp_path, keep=2)
+  for step in range(1, 6):
+    next(iterator)
+    metrics = {2: {'accuracy': 0.9}, 4: {'accuracy': 0.5}}.get(step)
+    checkpoints.save(step, jax.tree.map(lambda x: x * step, state), iterator, metrics=metrics)
+  checkpoints.close()
+  expected_next = next(iterator)
+
+  reopened = train.Checkpointer(tmp_path, read_only=True)
+  assert reopened.all_steps() == [2, 4, 5]  # the latest two, and the best (step 2)
+  assert reopened.best_step() == 2
+  fresh = iter(dataset)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = reopened.restore(5, abstract, fresh)
+  np.testing.assert_array_equal(restored['w'], 5 * np.arange(8.0))
+  np.testing.assert_array_equal(next(fresh), expected_next)
+  with pytest.raises(train.CheckpointError,
+                     match=r'No checkpoint at step 3 .*saved steps are \[2, 4, 5\]'):
+    reopened.restore(3, abstract)
+  reopened.close()

@@ -4,6 +4,8 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
+from typing import NamedTuple
 
 import numpy as np
 import portpicker
@@ -18,21 +20,37 @@ WORKER = pathlib.Path(__file__).resolve().parent / 'train_worker.py'
 TIMEOUT_S = 300
 
 
+class Worker(NamedTuple):
+  process: subprocess.Popen
+  log: pathlib.Path  # <log>.out and <log>.err hold its output
+
+
 def _start(workdir, params_out, overrides, *extra):
-  return subprocess.Popen(
-      [sys.executable, str(WORKER), '--workdir', str(workdir), '--params_out', str(params_out),
-       '--overrides', json.dumps(overrides), *map(str, extra)],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  """Starts a worker; its output goes to files (a full pipe would stall it) next to params_out."""
+  log = pathlib.Path(params_out).with_suffix('')
+  with open(f'{log}.out', 'w') as stdout, open(f'{log}.err', 'w') as stderr:
+    process = subprocess.Popen(
+        [sys.executable, str(WORKER), '--workdir', str(workdir), '--params_out',
+         str(params_out), '--overrides', json.dumps(overrides), *map(str, extra)],
+        stdout=stdout, stderr=stderr)
+  return Worker(process, log)
 
 
-def _finish(process) -> str:
-  try:
-    stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    stdout, stderr = process.communicate()
-  assert process.returncode == 0, stderr[-4000:]
-  return stdout
+def _finish(*workers: Worker) -> list:
+  """Waits for all; if one fails or time runs out, kills the rest (they would wait forever
+  on a collective with a dead peer) and fails with the first error output. Returns stdouts."""
+  processes = [w.process for w in workers]
+  deadline = time.monotonic() + TIMEOUT_S
+  while any(p.poll() is None for p in processes):
+    if any(p.poll() not in (None, 0) for p in processes) or time.monotonic() > deadline:
+      for p in processes:
+        p.kill()
+        p.wait()
+      break
+    time.sleep(0.5)
+  for w in workers:
+    assert w.process.returncode == 0, pathlib.Path(f'{w.log}.err').read_text()[-4000:]
+  return [pathlib.Path(f'{w.log}.out').read_text() for w in workers]
 
 
 def _load(path) -> dict:
@@ -75,7 +93,7 @@ def test_two_processes_train_like_one_on_the_same_global_batches(tmp_path):
   workers = [_start(tmp_path / 'run', tmp_path / f'p{i}.npz', overrides, '--devices', 4,
                     '--coordinator', f'127.0.0.1:{port}', '--num_processes', 2,
                     '--process_id', i) for i in range(2)]
-  outputs = [_finish(w) for w in workers]
+  outputs = _finish(*workers)
   multi = _load(tmp_path / 'p0.npz')
   assert json.loads(outputs[0].strip().splitlines()[-1])['step'] == steps
 

@@ -94,9 +94,12 @@ class Checkpointer:
     With ``data_iterator``, also moves that iterator to the saved position.
 
     Raises:
-      CheckpointError: the checkpoint is missing, damaged or was written for a
-        different model/optimiser; nothing is deleted.
+      CheckpointError: there is no checkpoint at ``step``, or it is damaged or was
+        written for a different model/optimiser; nothing is deleted.
     """
+    if step not in self.all_steps():
+      raise CheckpointError(f'No checkpoint at step {step} in {self.directory}; the saved steps '
+                            f'are {self.all_steps()}.')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)

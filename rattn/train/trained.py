@@ -38,16 +38,12 @@ def _restore(workdir: pathlib.Path, step: Optional[int], mesh) -> Tuple[
   config, info = _read_workdir(workdir)
   checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
   try:
-    available = checkpoints.all_steps()
-    if not available:
+    if not checkpoints.all_steps():
       raise CheckpointError(f'{workdir / CHECKPOINT_DIR} holds no checkpoint yet: training '
                             'saves the first one at config.checkpoint_every steps or the '
                             'first eval.')
     if step is None:
       step = checkpoints.best_step()
-    elif step not in available:
-      raise CheckpointError(f'No checkpoint at step {step} in {workdir / CHECKPOINT_DIR}; '
-                            f'the saved steps are {available}.')
     model = build_model(config, info['num_classes'])
     abstract = init_train_state(config, model, tuple(info['image_shape']), mesh, abstract=True)
     state = checkpoints.restore(step, abstract)
