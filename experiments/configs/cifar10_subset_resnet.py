@@ -6,7 +6,10 @@ r"""The same-size baseline for cifar10_subset_ran.py: a narrow pre-act ResNet-20
 Pre-act ResNet-20 of widths 8/16/32: 68,618 parameters (the RAN: 70,830).
 Everything but the model is cifar10_subset_ran.py's.
 
-Measured (to be measured).
+Measured (2 CPU cores shared with other jobs, load average ~8; seed 0): test
+accuracy 58.70% on the 1,017 test images (41.59% after 5 epochs, 50.74% after
+10); wall time 278 s (under 5 min), about 180 images/s in training. The RAN
+(cifar10_subset_ran.py): 52.21% in 895 s.
 """
 
 import ml_collections
