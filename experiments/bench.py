@@ -36,9 +36,10 @@ import datetime
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -60,6 +61,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   what = parser.add_mutually_exclusive_group(required=True)
   what.add_argument('--model', help='registered model name(s), comma-separated')
   what.add_argument('--input', help='dataset whose input pipeline to time, e.g. cifar10')
+  what.add_argument('--summarize', metavar='JSONL',
+                    help='print the median over repeated runs of each configuration in a '
+                    'results file as Markdown (measures nothing)')
   parser.add_argument('--batch_size', type=int, default=64, help='global batch size')
   parser.add_argument('--dtype', choices=DTYPES, default='float32',
                       help='computation dtype (parameters stay float32)')
@@ -296,9 +300,71 @@ def table(records: Sequence[Dict[str, Any]]) -> str:
   return '\n\n'.join(lines)
 
 
+def _config_key(record: Dict[str, Any]) -> Tuple:
+  """What must match for two runs to be repeats of one measurement."""
+  return (record['kind'], record.get('model') or record.get('dataset'), record['batch_size'],
+          record.get('dtype'), record['devices'], json.dumps(record.get('model_kwargs')),
+          record.get('num_workers'), record['device_kind'], record.get('xla_flags', ''))
+
+
+def _spread(values: Sequence[float], digits: int) -> str:
+  """Median of repeated runs, with their range where there is more than one."""
+  median = f'{statistics.median(values):.{digits}f}'
+  if len(values) == 1:
+    return median
+  return f'{median} ({min(values):.{digits}f}-{max(values):.{digits}f})'
+
+
+def summary(records: Sequence[Dict[str, Any]]) -> str:
+  """Markdown tables of the median over repeated runs (separate processes) of each configuration.
+
+  Each run's figure is already the median over its timed steps; the range in
+  brackets is that of the runs' medians, so it shows how much the machine's
+  load moved them.
+  """
+  groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+  for record in records:
+    groups.setdefault(_config_key(record), []).append(record)
+  model_rows, input_rows = [], []
+  for runs in groups.values():
+    first, loads = runs[0], [r['load_avg_1m'] for r in runs]
+    common = {'runs': len(runs), 'load (1 min)': f'{min(loads):.1f}-{max(loads):.1f}'}
+    values = lambda key: [r[key] for r in runs if r.get(key) is not None]
+    if first['kind'] == 'input':
+      input_rows.append({
+          'input': f"{first['dataset']} (grain, augment={first['augment']}, "
+                   f"workers={first['num_workers']})",
+          'batch': first['batch_size'], 'img/s': _spread(values('input_images_per_s'), 0),
+          **common})
+      continue
+    mfu = values('mfu')
+    model_rows.append({
+        'model': first['model'] + ''.join(f' {k}={v}' for k, v in first['model_kwargs'].items()),
+        'batch': first['batch_size'], 'dtype': first['dtype'], 'dev': first['devices'],
+        'train img/s': _spread(values('train_images_per_s'), 2),
+        'pipelined img/s': _spread(values('train_images_per_s_pipelined'), 2),
+        'eval img/s': _spread(values('eval_images_per_s'), 1) if values('eval_images_per_s')
+                      else '-',
+        'compile s': _spread(values('compile_s'), 0),
+        'MACs/img': _si(first['macs_per_image']),
+        'train FLOP/s': _si(statistics.median(values('train_flops_per_s'))),
+        'MFU': f'{statistics.median(mfu):.1%}' if mfu else 'n/a',
+        'XLA MiB': _mib(first['xla_train_bytes']),
+        'peak RSS MiB': _mib(int(statistics.median(values('peak_rss_bytes'))))
+                        if values('peak_rss_bytes') else 'n/a',
+        **common})
+  tables = [format_table(rows, list(rows[0])) for rows in (model_rows, input_rows) if rows]
+  return '\n\n'.join(tables)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  if args.summarize:
+    with open(args.summarize) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    print(summary(records))
+    return records
   devices = _use_devices(args.devices)
   context = _context(argv, devices)
   if args.input:

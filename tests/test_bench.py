@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -43,6 +44,16 @@ def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
   assert record['train_images_per_s_min'] <= record['train_images_per_s'] <= \
       record['train_images_per_s_max']
   assert record['mfu'] is None  # no known peak for CPUs
+
+  # A repeated run of the same configuration is summarised as one row of medians.
+  with open(out, 'a') as f:
+    f.write(json.dumps(dict(record, train_images_per_s=2 * record['train_images_per_s'])) + '\n')
+  bench_cli.main(['--summarize', str(out)])
+  (row,) = [line for line in capsys.readouterr().out.splitlines() if 'preact_resnet20' in line]
+  cells = [cell.strip() for cell in row.strip('|').split('|')]
+  rates = [record['train_images_per_s'], 2 * record['train_images_per_s']]
+  assert cells[4] == f'{statistics.median(rates):.2f} ({rates[0]:.2f}-{rates[1]:.2f})'
+  assert cells[-2] == '2'  # runs
 
 
 def test_input_bench_measures_the_grain_pipeline(tmp_path, real_data_dir):
