@@ -42,7 +42,6 @@ masks of one forward pass.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
@@ -52,8 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattn.attention.common import record
-from rattn.models.layers import PreActBottleneck, batch_norm, conv, pad_same
+from rattn.models.layers import PreActBottleneck, conv, pad_same
 from rattn.models.registry import register_model
+from rattn.norm import batch_norm
 
 # ---------------------------------------------------------------------------
 # Caffe-compatible resampling.
@@ -108,16 +108,19 @@ def _mixed(z: jax.Array) -> jax.Array:
 
 
 def _channel(z: jax.Array) -> jax.Array:
-  # Unit L2 norm over channels at each position; eps keeps a zero vector at zero.
-  norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
-  return z / jnp.maximum(norm, _EPS)
+  # Unit L2 norm over channels at each position. The floor sits under the square root so
+  # that an all-zero vector (every ReLU input of the last conv off) maps to zero with a
+  # finite gradient, where sqrt's gradient at 0 would give NaN.
+  sum_sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
+  return z * jax.lax.rsqrt(jnp.maximum(sum_sq, _EPS ** 2))
 
 
 def _spatial(z: jax.Array) -> jax.Array:
-  # Standardise each channel of each image over its positions, then sigmoid.
+  # Standardise each channel of each image over its positions, then sigmoid; eps inside
+  # the root as in BatchNorm, so a constant channel (e.g. a 1x1 map) stays finite.
   mean = jnp.mean(z, axis=(1, 2), keepdims=True)
-  std = jnp.std(z, axis=(1, 2), keepdims=True)
-  return jax.nn.sigmoid((z - mean) / (std + _EPS))
+  var = jnp.mean(jnp.square(z - mean), axis=(1, 2), keepdims=True)
+  return jax.nn.sigmoid((z - mean) * jax.lax.rsqrt(var + _EPS))
 
 
 MASK_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
