@@ -327,7 +327,9 @@ def summary(records: Sequence[Dict[str, Any]]) -> str:
     groups.setdefault(_config_key(record), []).append(record)
   model_rows, input_rows = [], []
   for runs in groups.values():
-    first, loads = runs[0], [r['load_avg_1m'] for r in runs]
+    # The load at the start and at the end of each run: how busy the machine was.
+    first = runs[0]
+    loads = [r[k] for r in runs for k in ('load_avg_1m', 'load_avg_1m_end') if k in r]
     common = {'runs': len(runs), 'load (1 min)': f'{min(loads):.1f}-{max(loads):.1f}'}
     values = lambda key: [r[key] for r in runs if r.get(key) is not None]
     if first['kind'] == 'input':
