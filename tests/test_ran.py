@@ -3,6 +3,7 @@
 import re
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +136,19 @@ def test_max_pool_ceil_mode_values():
   # Windows rows/cols {0,1,2} and {2,3}: the clipped window is the max of what exists.
   np.testing.assert_array_equal(ran.max_pool_ceil(x)[0, :, :, 0], [[10., 11.], [14., 15.]])
   np.testing.assert_array_equal(ran.max_pool_ceil(-x)[0, :, :, 0], [[0., -2.], [-8., -10.]])
+
+
+@pytest.mark.parametrize('height,width', [(32, 32), (57, 28), (7, 2), (1, 4)])
+def test_max_pool_ceil_equals_reduce_window_with_gradient(height, width):
+  # The strided-slice implementation must be flax's max_pool with ceil-mode padding, values and
+  # gradients (random input: no ties, so the subgradient is unique).
+  x = jax.random.normal(jax.random.key(height), (2, height, width, 3))
+  pads = [(0, (-(-max(n - 3, 0) // 2)) * 2 + 3 - n) for n in (height, width)]
+  reference = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+  np.testing.assert_array_equal(ran.max_pool_ceil(x), reference(x))
+  loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(x)))
+  np.testing.assert_allclose(jax.grad(loss(ran.max_pool_ceil))(x), jax.grad(loss(reference))(x),
+                             rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------

@@ -55,18 +55,32 @@ from rattn.models.layers import PreActBottleneck, conv, pad_same
 from rattn.models.registry import register_model
 from rattn.norm import batch_norm
 
-# ---------------------------------------------------------------------------
-# Caffe-compatible resampling.
-# ---------------------------------------------------------------------------
+# --- Caffe-compatible resampling --------------------------------------------
+
+
+def _max_pool_axis(x: jax.Array, axis: int, window: int, stride: int) -> jax.Array:
+  size = x.shape[axis]
+  out = -(-max(size - window, 0) // stride) + 1
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, (out - 1) * stride + window - size)
+  x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  taps = [jax.lax.slice_in_dim(x, i, i + (out - 1) * stride + 1, stride, axis)
+          for i in range(window)]
+  return functools.reduce(jnp.maximum, taps)
 
 
 def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-  """Caffe's unpadded max-pool in ceil mode on NHWC ``x``."""
-  pads = []
-  for size in x.shape[1:3]:
-    out = -(-max(size - window, 0) // stride) + 1
-    pads.append((0, (out - 1) * stride + window - size))
-  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+  """Caffe's unpadded max-pool in ceil mode on NHWC ``x``.
+
+  The last window may hang over the bottom/right edge; it takes the max of what
+  exists (-inf padding). Computed separably, rows then columns, as maxima of
+  strided slices: the same values and gradients as ``nn.max_pool`` (tests), but
+  the gradient is elementwise selects. XLA:CPU lowers ``reduce_window``'s
+  gradient to a reduce-window that tracks argmax indices plus a scatter; in a
+  profile of the Attention-56 (CIFAR) train step those took ~10% of the op time
+  (README, benchmarks).
+  """
+  return _max_pool_axis(_max_pool_axis(x, 1, window, stride), 2, window, stride)
 
 
 def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
@@ -96,9 +110,7 @@ def resize_align_corners(x: jax.Array, size: Tuple[int, int]) -> jax.Array:
   return _resize_axis(_resize_axis(x, 1, size[0]), 2, size[1])
 
 
-# ---------------------------------------------------------------------------
-# Mask activations (the paper's attention-type ablation, Sec. 3.3).
-# ---------------------------------------------------------------------------
+# --- Mask activations (the paper's attention-type ablation, Sec. 3.3) -------
 
 _EPS = 1e-5
 
@@ -135,9 +147,7 @@ def mask_activation(z: jax.Array, attention_type: str) -> jax.Array:
   return MASK_ACTIVATIONS[attention_type](z.astype(jnp.float32)).astype(z.dtype)
 
 
-# ---------------------------------------------------------------------------
-# The attention module.
-# ---------------------------------------------------------------------------
+# --- The attention module ---------------------------------------------------
 
 
 class SoftMaskBranch(nn.Module):
@@ -215,9 +225,7 @@ class AttentionModule(nn.Module):
     return y
 
 
-# ---------------------------------------------------------------------------
-# The network.
-# ---------------------------------------------------------------------------
+# --- The network ------------------------------------------------------------
 
 
 def _scaled(features: int, width: float) -> int:
@@ -245,7 +253,9 @@ class ResidualAttentionNetwork(nn.Module):
   keeping all activations. ``scan`` runs the identical attention modules of
   a stage with ``nn.scan``, so XLA compiles one module per stage; parameters
   (and masks) are then stacked along a leading axis under
-  ``stage{s}_attentions``.
+  ``stage{s}_attentions``. What each option costs and saves (compile time,
+  XLA temporaries, peak memory, step time) is measured for Attention-452 in
+  the README's benchmark section (``python -m experiments.bench``).
   """
   num_classes: int
   modules_per_stage: Sequence[int]
@@ -329,9 +339,7 @@ def _scan_modules(module: nn.Module, x: jax.Array, train: bool, length: int) -> 
   return x
 
 
-# ---------------------------------------------------------------------------
-# Reading the masks back.
-# ---------------------------------------------------------------------------
+# --- Reading the masks back -------------------------------------------------
 
 _MODULE_NAME = re.compile(r'^stage(\d+)_attention(s|\d+)$')
 
@@ -361,9 +369,7 @@ def collect_masks(intermediates: Mapping[str, Any]) -> Dict[str, jax.Array]:
   return {f'stage{s}/attention{k}': m for (s, k), m in sorted(found, key=lambda kv: kv[0])}
 
 
-# ---------------------------------------------------------------------------
-# Registered variants.
-# ---------------------------------------------------------------------------
+# --- Registered variants ----------------------------------------------------
 
 # Authors' ImageNet layout: stages at 56, 28, 14 (and 7) pixels for a 224 input;
 # each mask pools down to 7x7.
