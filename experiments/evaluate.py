@@ -21,8 +21,8 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best o
 _DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).')
 _SPLIT = flags.DEFINE_string('split', None, 'Split, e.g. test or train[:10%] (default: '
                              'the config\'s eval split).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the training one, '
-                                'else $TFDS_DATA_DIR).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the training '
+                                "config's, else $TFDS_DATA_DIR, else the dir training read).")
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: '
                                    'the config\'s eval_batch_size).')
 _JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.')

@@ -9,6 +9,7 @@
 from rattn.data.config import data_config
 from rattn.data.datasets import DatasetInfo
 from rattn.data.datasets import DatasetNotFoundError
+from rattn.data.datasets import data_dir
 from rattn.data.datasets import dataset_info
 from rattn.data.noise import symmetric_label_noise
 from rattn.data.pipeline import describe
@@ -20,6 +21,7 @@ __all__ = [
     'DatasetInfo',
     'DatasetNotFoundError',
     'data_config',
+    'data_dir',
     'dataset_info',
     'describe',
     'make_eval_iterator',

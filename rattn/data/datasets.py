@@ -141,6 +141,7 @@ def label_key(data_cfg: ml_collections.ConfigDict, train: bool) -> str:
 
 
 def data_dir(data_cfg: ml_collections.ConfigDict) -> Optional[str]:
+  """The tfds data dir a data config reads: its ``data_dir``, else ``$TFDS_DATA_DIR`` (else None)."""
   return data_cfg.data_dir or os.environ.get('TFDS_DATA_DIR')
 
 

@@ -75,8 +75,10 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
   """Evaluates a workdir's checkpoint (best by default) on a split; returns the metrics.
 
   ``dataset``/``split``/``data_dir`` override the training config's data section
-  (e.g. a test split the run never evaluated on); the result also names the
-  step, dataset and split it measured.
+  (e.g. a test split the run never evaluated on); without ``data_dir``, the
+  config's, then ``$TFDS_DATA_DIR``, then the dir training read its data from
+  (recorded in the workdir) is used. The result also names the step, dataset
+  and split it measured.
   """
   from rattn import data  # pylint: disable=g-import-not-at-top
   mesh = make_mesh()
@@ -86,6 +88,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
     data_cfg.dataset = dataset
   if data_dir:
     data_cfg.data_dir = data_dir
+  elif not data.data_dir(data_cfg) and info.get('data_dir'):
+    data_cfg.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
   split = split or data_cfg.eval_split
   target = data.dataset_info(data_cfg)
   if target.num_classes != info['num_classes']:
