@@ -1,8 +1,11 @@
-"""The training loop end to end: mock data, real data, divergence, rerun-to-resume, evaluate CLI."""
+"""The training loop end to end: mock data, real data, divergence, SIGTERM, rerun-to-resume,
+evaluate CLI."""
 
 import json
 import math
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -99,6 +102,40 @@ def test_divergence_stops_clearly_and_keeps_last_good_checkpoint(tmp_path, monke
     assert 'No checkpoint had been written yet' in message
 
 
+def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(tmp_path,
+                                                                              monkeypatch):
+  config = tiny_config(num_train_steps=6, checkpoint_every=100, eval_every=6, log_every=2)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    straight = train.train_and_evaluate(config, tmp_path / 'straight')
+
+    # SIGTERM while the third batch is prepared: the loop saves step 3 (no periodic
+    # checkpoint falls there) and stops.
+    calls = {'n': 0}
+    real = trainer.shard_batch
+
+    def terminated_at_third(batch, mesh):
+      calls['n'] += 1
+      if calls['n'] == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return real(batch, mesh)
+
+    monkeypatch.setattr(trainer, 'shard_batch', terminated_at_third)
+    with pytest.raises(train.TrainingPreempted, match='at step 3 of 6.*Rerun the same command'):
+      train.train_and_evaluate(config, tmp_path / 'preempted')
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
+    checkpoints = train.Checkpointer(tmp_path / 'preempted' / 'checkpoints', read_only=True)
+    assert checkpoints.all_steps() == [3]
+    checkpoints.close()
+    assert [r['step'] for r in _records(tmp_path / 'preempted') if r.get('event')] == [0, 3]
+
+    monkeypatch.setattr(trainer, 'shard_batch', real)
+    resumed = train.train_and_evaluate(config, tmp_path / 'preempted')
+  assert resumed['eval_loss'] == straight['eval_loss']
+  _, expected, _ = train.load_trained(str(tmp_path / 'straight'))
+  _, got, _ = train.load_trained(str(tmp_path / 'preempted'))
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
 @pytest.mark.slow
 def test_real_cifar_subset_beats_chance_and_evaluate_cli(real_data_dir, tmp_path):
   """tiny.py (a real registered model) on the real CIFAR-10 subset through both CLIs.
@@ -109,13 +146,16 @@ def test_real_cifar_subset_beats_chance_and_evaluate_cli(real_data_dir, tmp_path
   a device thread is starved on a loaded 2-core machine. Sharded steps are
   checked against single-device ones in test_train.py.
   """
-  overrides = {'data.data_dir': real_data_dir, 'batch_size': 32, 'eval_batch_size': 256,
+  # The data dir comes from the environment, as in the README; evaluate then runs without it
+  # and must find the data where training read it (recorded in the workdir).
+  overrides = {'batch_size': 32, 'eval_batch_size': 256,
                'num_train_steps': 300, 'schedule.boundaries': '(225,)', 'log_every': 100,
                'eval_every': 300, 'checkpoint_every': 300}
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.cifar', '--config', 'experiments/configs/tiny.py',
        '--workdir', str(tmp_path)] + [f'--config.{k}={v}' for k, v in overrides.items()],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TFDS_DATA_DIR=real_data_dir))
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   final = [r for r in records if r.get('split') == 'test' and r.get('step') == 300]
@@ -124,7 +164,8 @@ def test_real_cifar_subset_beats_chance_and_evaluate_cli(real_data_dir, tmp_path
   assert final[-1]['accuracy'] > 0.2, final[-1]
 
   out = subprocess.run([sys.executable, '-m', 'experiments.evaluate', '--workdir', str(tmp_path),
-                        '--json'], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        '--json'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != 'TFDS_DATA_DIR'})
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'cifar10:test at step 300: accuracy' in out.stdout
   printed = json.loads(out.stdout.strip().splitlines()[-1])

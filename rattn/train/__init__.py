@@ -18,10 +18,10 @@ from rattn.train.state import (TrainState, abstract_train_state, batch_sharded,
                                create_train_state, make_mesh, replicated, shard_batch)
 from rattn.train.steps import make_eval_step, make_train_step
 from rattn.train.trained import evaluate_workdir, load_trained
-from rattn.train.trainer import TrainingDiverged, evaluate, train_and_evaluate
+from rattn.train.trainer import TrainingDiverged, TrainingPreempted, evaluate, train_and_evaluate
 
 __all__ = [
-    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged',
+    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged', 'TrainingPreempted',
     'abstract_train_state', 'batch_sharded', 'build_model', 'check_batch_sizes',
     'check_config', 'create_train_and_step', 'create_train_state', 'evaluate',
     'evaluate_workdir', 'init_train_state', 'load_trained', 'make_eval_step',

@@ -67,6 +67,11 @@ class Checkpointer:
     evaluated = [s for s in self._manager.all_steps() if BEST_METRIC in (self.metrics(s) or {})]
     return self._manager.best_step() if evaluated else self.latest_step()
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether a multi-process run's processes agreed to save at ``step`` (JAX's preemption
+    service, started by ``jax.distributed``); always False in a single process."""
+    return self._manager.reached_preemption(step)
+
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 

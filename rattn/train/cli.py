@@ -4,7 +4,7 @@
 ``--config.x.y=...`` override into a one-line flag error that names the field and
 suggests the right one (instead of a traceback), and turns the errors a user
 can fix (config, checkpoint, data, divergence) into one clear message and exit
-status 1.
+status 1. A run stopped by SIGTERM (its checkpoint saved) exits with 143.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rattn.data import DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.build import ConfigError
 from rattn.train.checkpoint import CheckpointError
-from rattn.train.trainer import TrainingDiverged
+from rattn.train.trainer import TrainingDiverged, TrainingPreempted
 
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', distributed.MODES,
@@ -32,6 +32,10 @@ _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for a multi-process run.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the job did not
+# finish, and a scheduler that requeues preempted jobs recognises it.
+PREEMPTED_EXIT_STATUS = 143
 
 _QUOTED = re.compile(r"""["']([^"'\\]+)["']""")
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
@@ -94,6 +98,9 @@ def run(main: Callable[[List[str]], None]) -> None:
   def guarded(argv: List[str]) -> None:
     try:
       main(argv)
+    except TrainingPreempted as e:
+      sys.stderr.write(f'{e}\n')
+      sys.exit(PREEMPTED_EXIT_STATUS)
     except (ConfigError, CheckpointError, TrainingDiverged, DatasetNotFoundError,
             FileNotFoundError) as e:
       sys.exit(f'ERROR ({type(e).__name__}): {e}')

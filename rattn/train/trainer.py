@@ -8,6 +8,12 @@ what an uninterrupted one would have.
 
 The loop never waits on the device except at log, eval and checkpoint steps:
 per-step metrics stay on device until then.
+
+Preemption: SIGTERM (what Slurm, Kubernetes and preemptible VMs send before
+killing a job) makes the loop save a checkpoint at the step it is on and stop
+with ``TrainingPreempted``; rerunning the same command resumes from there. In a
+multi-process run JAX's coordination service catches the signal and agrees on
+one step at which every process saves (orbax's ``reached_preemption``).
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import contextlib
 import json
 import math
 import pathlib
+import signal
+import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +48,38 @@ CHECKPOINT_DIR = 'checkpoints'
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite; the message says where and what to try."""
+
+
+class TrainingPreempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved at ``step`` and rerunning resumes from it."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[Callable[[], bool]]:
+  """Yields ``requested()``: whether SIGTERM has arrived since entering.
+
+  Installs a handler only in a single-process run on the main thread (Python's
+  rule); multi-process runs leave SIGTERM to JAX's preemption service.
+  """
+  if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+    yield lambda: False
+    return
+  received = threading.Event()
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    logging.warning('SIGTERM received: saving a checkpoint after the current step, then '
+                    'stopping.')
+    received.set()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield received.is_set
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def evaluate(eval_step, state: TrainState, eval_data: Iterable[dict], mesh) -> Dict[str, float]:
@@ -111,6 +151,10 @@ def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                'num_train': int(info.num_train), 'num_eval': int(info.num_eval),
                'mean': [float(m) for m in np.ravel(info.mean)],
                'std': [float(s) for s in np.ravel(info.std)]}
+  # The tfds dir the data came from (config or $TFDS_DATA_DIR), so that evaluating the run
+  # later finds the data without the environment it was trained in.
+  source_dir = data.data_dir(config.data)
+  info_dict['data_dir'] = str(pathlib.Path(source_dir).absolute()) if source_dir else None
   (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
 
 
@@ -125,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ConfigError: the config cannot run (the message says which field to change).
     CheckpointError: the workdir's latest checkpoint cannot be restored.
     TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
+    TrainingPreempted: SIGTERM arrived; the current step was checkpointed.
   """
   started = time.perf_counter()
   workdir = pathlib.Path(workdir).absolute()
@@ -145,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                config.batch_size // mesh.size)
 
   with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
+    sigterm = cleanup.enter_context(_sigterm_flag())
     # ---------------------------------------------------------------- input
     train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                           seed=int(config.seed))
@@ -208,6 +254,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         train_metrics = _mean_metrics(pending)
         pending = []
         writer.write_train(step, train_metrics, lr=float(schedule(step - 1)))
+
+      if not is_last and (sigterm() or checkpoints.reached_preemption(step)):
+        stop_if_diverged(pending)
+        checkpoints.save(step, state, train_iter)
+        checkpoints.wait_until_finished()
+        message = (f'Preempted (SIGTERM) at step {step:,} of {total_steps:,}: the checkpoint '
+                   f'of this step is saved in {checkpoints.directory}. Rerun the same command '
+                   'to resume from it.')
+        writer.write_event(step, 'preempted', message=message)
+        raise TrainingPreempted(message, step)
 
       run_eval = step % config.eval_every == 0 or is_last
       if run_eval or step % config.checkpoint_every == 0:
