@@ -341,7 +341,9 @@ def summary(records: Sequence[Dict[str, Any]]) -> str:
       continue
     mfu = values('mfu')
     model_rows.append({
-        'model': first['model'] + ''.join(f' {k}={v}' for k, v in first['model_kwargs'].items()),
+        'model': first['model'] + ''.join(f' {k}={v}' for k, v in first['model_kwargs'].items())
+                 + (f" (XLA_FLAGS={first['xla_flags'].strip()})"
+                    if first.get('xla_flags', '').strip() else ''),
         'batch': first['batch_size'], 'dtype': first['dtype'], 'dev': first['devices'],
         'train img/s': _spread(values('train_images_per_s'), 2),
         'pipelined img/s': _spread(values('train_images_per_s_pipelined'), 2),
