@@ -104,12 +104,12 @@ def test_divergence_stops_clearly_and_keeps_last_good_checkpoint(tmp_path, monke
 
 def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(tmp_path,
                                                                               monkeypatch):
-  config = tiny_config(num_train_steps=6, checkpoint_every=100, eval_every=6, log_every=2)
+  config = tiny_config(num_train_steps=6, checkpoint_every=100, eval_every=3, log_every=2)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     straight = train.train_and_evaluate(config, tmp_path / 'straight')
 
-    # SIGTERM while the third batch is prepared: the loop saves step 3 (no periodic
-    # checkpoint falls there) and stops.
+    # SIGTERM while the third batch is prepared: the loop finishes step 3, runs its eval,
+    # saves it (with the eval's metrics) and stops.
     calls = {'n': 0}
     real = trainer.shard_batch
 
@@ -124,9 +124,13 @@ def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(t
       train.train_and_evaluate(config, tmp_path / 'preempted')
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
     checkpoints = train.Checkpointer(tmp_path / 'preempted' / 'checkpoints', read_only=True)
-    assert checkpoints.all_steps() == [3]
+    assert checkpoints.all_steps() == [3] and 'accuracy' in checkpoints.metrics(3)
     checkpoints.close()
-    assert [r['step'] for r in _records(tmp_path / 'preempted') if r.get('event')] == [0, 3]
+    records = _records(tmp_path / 'preempted')
+    assert [r['step'] for r in records if r.get('event')] == [0, 3]
+    # Nothing logged is lost: the train window cut short at step 3 and step 3's eval.
+    assert [r['step'] for r in records if r.get('split') == 'train'] == [2, 3]
+    assert [r['step'] for r in records if r.get('split') == 'test'] == [3]
 
     monkeypatch.setattr(trainer, 'shard_batch', real)
     resumed = train.train_and_evaluate(config, tmp_path / 'preempted')

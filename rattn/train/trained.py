@@ -76,8 +76,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
 
   ``dataset``/``split``/``data_dir`` override the training config's data section
   (e.g. a test split the run never evaluated on); without ``data_dir``, the
-  config's, then ``$TFDS_DATA_DIR``, then the dir training read its data from
-  (recorded in the workdir) is used. The result also names the step, dataset
+  config's, then ``$TFDS_DATA_DIR``, then (for the training dataset) the dir
+  training read its data from (recorded in the workdir) is used. The result also names the step, dataset
   and split it measured.
   """
   from rattn import data  # pylint: disable=g-import-not-at-top
@@ -88,7 +88,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
     data_cfg.dataset = dataset
   if data_dir:
     data_cfg.data_dir = data_dir
-  elif not data.data_dir(data_cfg) and info.get('data_dir'):
+  elif (not data.data_dir(data_cfg) and info.get('data_dir')
+        and (not dataset or dataset == info['name'])):
     data_cfg.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
   split = split or data_cfg.eval_split
   target = data.dataset_info(data_cfg)

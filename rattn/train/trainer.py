@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import pathlib
 import signal
 import threading
@@ -58,14 +59,26 @@ class TrainingPreempted(RuntimeError):
     self.step = step
 
 
+def _distributed_client_started() -> bool:
+  # jax.distributed installs its own SIGTERM notifier (the preemption service), even for
+  # one process; a Python handler would replace it.
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.global_state.client is not None
+  except (ImportError, AttributeError):
+    return False
+
+
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[Callable[[], bool]]:
   """Yields ``requested()``: whether SIGTERM has arrived since entering.
 
   Installs a handler only in a single-process run on the main thread (Python's
-  rule); multi-process runs leave SIGTERM to JAX's preemption service.
+  rule); runs started with ``jax.distributed`` leave SIGTERM to JAX's
+  preemption service.
   """
-  if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+  if (jax.process_count() > 1 or _distributed_client_started()
+      or threading.current_thread() is not threading.main_thread()):
     yield lambda: False
     return
   received = threading.Event()
@@ -154,7 +167,9 @@ def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   # The tfds dir the data came from (config or $TFDS_DATA_DIR), so that evaluating the run
   # later finds the data without the environment it was trained in.
   source_dir = data.data_dir(config.data)
-  info_dict['data_dir'] = str(pathlib.Path(source_dir).absolute()) if source_dir else None
+  if source_dir and '://' not in source_dir:  # gs://... and other URLs stay as they are
+    source_dir = os.path.abspath(os.path.expanduser(source_dir))
+  info_dict['data_dir'] = source_dir
   (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
 
 
@@ -255,18 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         pending = []
         writer.write_train(step, train_metrics, lr=float(schedule(step - 1)))
 
-      if not is_last and (sigterm() or checkpoints.reached_preemption(step)):
-        stop_if_diverged(pending)
-        checkpoints.save(step, state, train_iter)
-        checkpoints.wait_until_finished()
-        message = (f'Preempted (SIGTERM) at step {step:,} of {total_steps:,}: the checkpoint '
-                   f'of this step is saved in {checkpoints.directory}. Rerun the same command '
-                   'to resume from it.')
-        writer.write_event(step, 'preempted', message=message)
-        raise TrainingPreempted(message, step)
-
       run_eval = step % config.eval_every == 0 or is_last
-      if run_eval or step % config.checkpoint_every == 0:
+      saved = run_eval or step % config.checkpoint_every == 0
+      if saved:
         pause = time.perf_counter()
         stop_if_diverged(pending)  # never save a state that a NaN has touched
         if run_eval:
@@ -277,6 +283,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                             seconds=time.perf_counter() - pause, best=best)
         checkpoints.save(step, state, train_iter, metrics=eval_metrics if run_eval else None)
         writer.exclude_pause(time.perf_counter() - pause)
+
+      # Preemption is checked after this step's eval and periodic save, so that a rerun
+      # misses neither; every process calls reached_preemption at the same steps.
+      if not is_last and (sigterm() or checkpoints.reached_preemption(step)):
+        if pending:  # the metrics of the steps since the last log line are not lost either
+          stop_if_diverged(pending)
+          writer.write_train(step, _mean_metrics(pending), lr=float(schedule(step - 1)))
+        if not saved:
+          checkpoints.save(step, state, train_iter)
+        checkpoints.wait_until_finished()
+        message = (f'Preempted (SIGTERM) at step {step:,} of {total_steps:,}: the checkpoint '
+                   f'of this step is saved in {checkpoints.directory}. Rerun the same command '
+                   'to resume from it.')
+        writer.write_event(step, 'preempted', message=message)
+        raise TrainingPreempted(message, step)
 
     # ---------------------------------------------------------------- final report
     if eval_metrics is None:  # the workdir had already finished: report, don't retrain
