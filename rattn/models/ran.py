@@ -63,7 +63,9 @@ def _max_pool_axis(x: jax.Array, axis: int, window: int, stride: int) -> jax.Arr
   out = -(-max(size - window, 0) // stride) + 1
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, (out - 1) * stride + window - size)
-  x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  lowest = (jnp.finfo(x.dtype).min if jnp.issubdtype(x.dtype, jnp.floating)
+            else jnp.iinfo(x.dtype).min)  # finite: float8 types have no -inf
+  x = jnp.pad(x, pad, constant_values=lowest)
   taps = [jax.lax.slice_in_dim(x, i, i + (out - 1) * stride + 1, stride, axis)
           for i in range(window)]
   return functools.reduce(jnp.maximum, taps)
@@ -73,9 +75,11 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   """Caffe's unpadded max-pool in ceil mode on NHWC ``x``.
 
   The last window may hang over the bottom/right edge; it takes the max of what
-  exists (-inf padding). Computed separably, rows then columns, as maxima of
-  strided slices: the same values and gradients as ``nn.max_pool`` (tests), but
-  the gradient is elementwise selects. XLA:CPU lowers ``reduce_window``'s
+  exists (padding with the dtype's lowest value). Computed separably, rows then
+  columns, as maxima of strided slices: the same values as ``nn.max_pool``, and
+  the same gradients where a window has no tied maxima (at a tie the gradient
+  is split among the tied inputs instead of given to one: both are valid
+  subgradients; tests), computed by elementwise selects. XLA:CPU lowers ``reduce_window``'s
   gradient to a reduce-window that tracks argmax indices plus a scatter; in a
   profile of the Attention-56 (CIFAR) train step those took ~10% of the op time
   (README, benchmarks).
