@@ -5,6 +5,7 @@ images/s of the input pipeline on its own.
   python -m experiments.bench --model ran56_cifar,ran92_cifar --steps 10 \
       --json_out benchmarks/results.jsonl
   python -m experiments.bench --input cifar10 --batch_size 128
+  python -m experiments.bench --model ran56_cifar --profile /tmp/profiles
 
 Model benchmarks time the train step that training runs (``rattn.train``), on
 synthetic device-resident batches, so that they measure compute alone; the
@@ -52,6 +53,7 @@ from rattn.models import MODELS, create_model
 from rattn.models.summary import count_macs, count_params, format_table
 
 DTYPES = ('float32', 'bfloat16')
+PROFILE_STEPS = 3
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -84,6 +86,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help='more model keyword arguments as JSON, e.g. \'{"scan": true}\'')
   parser.add_argument('--no_eval', action='store_true', help='skip the eval measurement')
   parser.add_argument('--json_out', help='append one JSON line per measurement to this file')
+  parser.add_argument('--profile', metavar='DIR',
+                      help=f'also trace {PROFILE_STEPS} train steps with jax.profiler into '
+                      'DIR/<model> (TensorBoard / Perfetto) and print the op kinds that take '
+                      'the most time')
   args = parser.parse_args(argv)
   if args.steps is None:
     args.steps = 200 if args.input else 20
@@ -172,6 +178,13 @@ def bench_model(name: str, args: argparse.Namespace, devices: Sequence[jax.Devic
   pipelined_s, carry = bench.time_pipelined(lambda c: compiled(c[0], batch), carry,
                                             steps=args.steps)
   peak_rss = bench.peak_rss_bytes()
+  profile = {}
+  if args.profile:
+    logdir = os.path.join(os.path.abspath(args.profile), name)
+    carry = bench.trace_steps(lambda c: compiled(c[0], batch), carry, steps=PROFILE_STEPS,
+                              logdir=logdir)
+    profile = {'profile_dir': logdir,
+               'profile_top_ops': bench.op_breakdown(logdir, steps=PROFILE_STEPS)}
   state = carry[0]
 
   model = create_model(name, num_classes=num_classes, **model_kwargs)
@@ -197,6 +210,7 @@ def bench_model(name: str, args: argparse.Namespace, devices: Sequence[jax.Devic
       'xla_train_bytes': plan['total'], 'xla_train_temp_bytes': plan['temp'],
       'peak_rss_bytes': peak_rss,
       'peak_rss_scope': 'timed train steps' if rss_reset else 'process so far',
+      **profile,
   }
   if not args.no_eval:
     record.update(_bench_eval(state, batch, mesh, args, macs, peak, len(devices)))
@@ -377,6 +391,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     records = [bench_model(name.strip(), args, devices, context)
                for name in args.model.split(',') if name.strip()]
   print(table(records))
+  for record in records:
+    if record.get('profile_top_ops'):
+      rows = [{'op kind': r['op'], 'ms/step': f"{r['ms_per_step']:.1f}",
+               'share': f"{r['share']:.1%}", 'ops/step': f"{r['count_per_step']:.0f}"}
+              for r in record['profile_top_ops']]
+      print(f"\nWhere the {record['model']} train step's op time goes (summed over threads; "
+            f"trace in {record['profile_dir']}):")
+      print(format_table(rows, list(rows[0])))
   if args.json_out:
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, 'a') as f:

@@ -31,9 +31,13 @@ def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
   out = tmp_path / 'results.jsonl'
   # Two simulated devices: the batch is sharded as in training.
   bench_cli.main(['--model', 'preact_resnet20', '--batch_size', '8', '--steps', '2',
-                  '--warmup', '1', '--devices', '2', '--json_out', str(out)])
+                  '--warmup', '1', '--devices', '2', '--json_out', str(out),
+                  '--profile', str(tmp_path / 'profiles')])
   printed = capsys.readouterr().out
   assert '| preact_resnet20' in printed and 'train img/s' in printed
+  # The profile: a trace on disk and the op kinds that took the most time, largest first.
+  assert "Where the preact_resnet20 train step's op time goes" in printed
+  assert list((tmp_path / 'profiles' / 'preact_resnet20').glob('**/*.trace.json.gz'))
   (record,) = _read_lines(out)
   assert set(MODEL_KEYS) <= set(record)
   assert record['kind'] == 'model' and record['devices'] == 2 and record['batch_size'] == 8
@@ -44,6 +48,11 @@ def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
   assert record['train_images_per_s_min'] <= record['train_images_per_s'] <= \
       record['train_images_per_s_max']
   assert record['mfu'] is None  # no known peak for CPUs
+  ops = record['profile_top_ops']
+  assert ops and all(0 < op['share'] <= 1 and op['ms_per_step'] > 0 for op in ops)
+  assert sum(op['share'] for op in ops) <= 1 + 1e-9
+  assert [op['share'] for op in ops] == sorted((op['share'] for op in ops), reverse=True)
+  assert any('conv' in op['op'] or 'fusion' in op['op'] for op in ops), ops
 
   # A repeated run of the same configuration is summarised as one row of medians.
   with open(out, 'a') as f:
