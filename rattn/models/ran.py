@@ -259,7 +259,9 @@ class ResidualAttentionNetwork(nn.Module):
   (and masks) are then stacked along a leading axis under
   ``stage{s}_attentions``. What each option costs and saves (compile time,
   XLA temporaries, peak memory, step time) is measured for Attention-452 in
-  the README's benchmark section (``python -m experiments.bench``).
+  ``benchmarks/README.md`` (``python -m experiments.bench``): on XLA:CPU scan
+  compiles 5.6x faster with a third of the memory but steps 4x slower, and
+  remat saves XLA temporaries only together with scan.
   """
   num_classes: int
   modules_per_stage: Sequence[int]
