@@ -173,16 +173,14 @@ def bench_model(name: str, args: argparse.Namespace, devices: Sequence[jax.Devic
   compiled, compile_s = bench.compile_timed(train_step, state, batch)
   plan = bench.compiled_memory(compiled)
   rss_reset = bench.reset_peak_rss()
-  timing, carry = bench.time_steps(lambda c: compiled(c[0], batch), (state, {}),
-                                   steps=args.steps, warmup=args.warmup)
-  pipelined_s, carry = bench.time_pipelined(lambda c: compiled(c[0], batch), carry,
-                                            steps=args.steps)
+  step = lambda carry: compiled(carry[0], batch)  # noqa: E731  (state, metrics) in and out
+  timing, carry = bench.time_steps(step, (state, {}), steps=args.steps, warmup=args.warmup)
+  pipelined_s, carry = bench.time_pipelined(step, carry, steps=args.steps)
   peak_rss = bench.peak_rss_bytes()
   profile = {}
   if args.profile:
     logdir = os.path.join(os.path.abspath(args.profile), name)
-    carry = bench.trace_steps(lambda c: compiled(c[0], batch), carry, steps=PROFILE_STEPS,
-                              logdir=logdir)
+    carry = bench.trace_steps(step, carry, steps=PROFILE_STEPS, logdir=logdir)
     profile = {'profile_dir': logdir,
                'profile_top_ops': bench.op_breakdown(logdir, steps=PROFILE_STEPS)}
   state = carry[0]

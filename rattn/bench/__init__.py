@@ -7,5 +7,5 @@ from rattn.bench.measure import (Timing, compile_timed, compiled_memory, device_
 from rattn.bench.profile import op_breakdown, trace_steps
 
 __all__ = ['PEAK_FLOPS', 'Timing', 'compile_timed', 'compiled_memory', 'cpu_model',
-           'device_peak_bytes', 'machine', 'op_breakdown', 'peak_flops', 'peak_rss_bytes', 'reset_peak_rss',
-           'time_pipelined', 'time_steps', 'trace_steps', 'xla_flops']
+           'device_peak_bytes', 'machine', 'op_breakdown', 'peak_flops', 'peak_rss_bytes',
+           'reset_peak_rss', 'time_pipelined', 'time_steps', 'trace_steps', 'xla_flops']

@@ -21,7 +21,8 @@ from rattn.train.trained import evaluate_workdir, load_trained
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, evaluate, train_and_evaluate
 
 __all__ = [
-    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged', 'TrainingPreempted',
+    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged',
+    'TrainingPreempted',
     'abstract_train_state', 'batch_sharded', 'build_model', 'check_batch_sizes',
     'check_config', 'create_train_and_step', 'create_train_state', 'evaluate',
     'evaluate_workdir', 'init_train_state', 'load_trained', 'make_eval_step',

@@ -77,8 +77,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
   ``dataset``/``split``/``data_dir`` override the training config's data section
   (e.g. a test split the run never evaluated on); without ``data_dir``, the
   config's, then ``$TFDS_DATA_DIR``, then (for the training dataset) the dir
-  training read its data from (recorded in the workdir) is used. The result also names the step, dataset
-  and split it measured.
+  training read its data from (recorded in the workdir) is used. The result
+  also names the step, dataset and split it measured.
   """
   from rattn import data  # pylint: disable=g-import-not-at-top
   mesh = make_mesh()

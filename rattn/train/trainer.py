@@ -263,16 +263,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       state, metrics = train_step(state, shard_batch(next(train_iter), mesh))
       pending.append((step, metrics))
       is_last = step == total_steps
+      # Preemption ends this step like the last one: its metrics are logged, it is evaluated
+      # if it is an eval step, and it is checkpointed. Every process of a multi-process run
+      # calls reached_preemption at the same steps.
+      preempted = not is_last and (sigterm() or checkpoints.reached_preemption(step))
 
-      if step % config.log_every == 0 or is_last:
+      if step % config.log_every == 0 or is_last or preempted:
         stop_if_diverged(pending)
         train_metrics = _mean_metrics(pending)
         pending = []
         writer.write_train(step, train_metrics, lr=float(schedule(step - 1)))
 
       run_eval = step % config.eval_every == 0 or is_last
-      saved = run_eval or step % config.checkpoint_every == 0
-      if saved:
+      if run_eval or step % config.checkpoint_every == 0 or preempted:
         pause = time.perf_counter()
         stop_if_diverged(pending)  # never save a state that a NaN has touched
         if run_eval:
@@ -284,14 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         checkpoints.save(step, state, train_iter, metrics=eval_metrics if run_eval else None)
         writer.exclude_pause(time.perf_counter() - pause)
 
-      # Preemption is checked after this step's eval and periodic save, so that a rerun
-      # misses neither; every process calls reached_preemption at the same steps.
-      if not is_last and (sigterm() or checkpoints.reached_preemption(step)):
-        if pending:  # the metrics of the steps since the last log line are not lost either
-          stop_if_diverged(pending)
-          writer.write_train(step, _mean_metrics(pending), lr=float(schedule(step - 1)))
-        if not saved:
-          checkpoints.save(step, state, train_iter)
+      if preempted:
         checkpoints.wait_until_finished()
         message = (f'Preempted (SIGTERM) at step {step:,} of {total_steps:,}: the checkpoint '
                    f'of this step is saved in {checkpoints.directory}. Rerun the same command '
