@@ -307,7 +307,7 @@ def test_train_iterator_applies_the_noise_per_example(real_data_dir):
                           label_noise=0.4, noise_seed=7)
   clean = split_labels(clean_cfg, 'train[:400]')
   expected, fraction = data.symmetric_label_noise(clean, 0.4, 10, seed=7)
-  assert data.describe(noisy_cfg)['flipped_fraction'] == fraction
+  assert data.DataPlan(noisy_cfg).describe()['flipped_fraction'] == fraction
   assert abs(fraction - 0.4) < 0.08
   # Two hosts: each shard carries the noise of its own examples.
   got = np.concatenate([next(data.make_train_iterator(noisy_cfg, global_batch_size=400, seed=0,
@@ -343,7 +343,8 @@ def test_imagenet_random_crops_for_training_centre_crops_for_eval():
     cfg = data.data_config()
     cfg.update(dataset='imagenet2012', eval_split='validation', image_size=48)
     assert data.dataset_info(cfg).image_shape == (48, 48, 3)
-    assert data.describe(cfg)['augment'] == 'imagenet' and not data.describe(cfg)['in_memory']
+    described = data.DataPlan(cfg).describe()
+    assert described['augment'] == 'imagenet' and not described['in_memory']
     a = take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 2)
     b = take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 2)
     c = next(data.make_train_iterator(cfg, global_batch_size=4, seed=1))

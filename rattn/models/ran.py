@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattn.attention.common import record
-from rattn.models.layers import PreActBottleneck, conv, pad_same
+from rattn.models.layers import PreActBottleneck, classifier, conv, pad_same
 from rattn.models.registry import register_model
 from rattn.norm import batch_norm
 
@@ -328,9 +328,7 @@ class ResidualAttentionNetwork(nn.Module):
       x = unit(final_width, strides=self.final_strides if i == 1 else 1,
                name=f'stage{len(self.stage_widths) + 1}_unit{i}')(x, train)
     x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='classifier')(x)
+    return classifier(x, self.num_classes, self.dtype, self.param_dtype, name='classifier')
 
 
 def _scan_modules(module: nn.Module, x: jax.Array, train: bool, length: int) -> jax.Array:

@@ -19,7 +19,7 @@ from absl import logging as absl_logging
 
 from rattn.data import DatasetNotFoundError
 from rattn.train import distributed
-from rattn.train.build import ConfigError
+from rattn.train.plan import ConfigError
 from rattn.train.checkpoint import CheckpointError
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted
 
