@@ -94,7 +94,7 @@ class _ReadRecord:
 
 
 def _decode_all(read: _ReadRecord, count: int) -> Tuple[np.ndarray, np.ndarray]:
-  """The whole shard as (uint8 [N, H, W, C], int32 [N]); ~5-10k images/s per core."""
+  """The whole shard as (uint8 [N, H, W, C], int32 [N]), decoded record by record."""
   records = [read(i) for i in range(count)]
   return (np.stack([r['image'] for r in records]),
           np.asarray([r['label'] for r in records], np.int32))
@@ -153,7 +153,7 @@ class _StepIndices:
   """Training step -> the shard indices of its batch, epoch after epoch without gaps.
 
   One vectorised permutation per epoch instead of grain's per-element index
-  shuffle, which cost ~20 us an element here: half the in-memory CIFAR pipeline.
+  shuffle, which took a large share of the in-memory CIFAR pipeline's time.
   """
   num_examples: int
   batch_size: int

@@ -80,9 +80,8 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   the same gradients where a window has no tied maxima (at a tie the gradient
   is split among the tied inputs instead of given to one: both are valid
   subgradients; tests), computed by elementwise selects. XLA:CPU lowers ``reduce_window``'s
-  gradient to a reduce-window that tracks argmax indices plus a scatter; in a
-  profile of the Attention-56 (CIFAR) train step those took ~10% of the op time
-  (README, benchmarks).
+  gradient to a reduce-window that tracks argmax indices plus a scatter; what
+  that cost and what the change gained are measured in ``benchmarks/README.md``.
   """
   return _max_pool_axis(_max_pool_axis(x, 1, window, stride), 2, window, stride)
 
@@ -259,9 +258,7 @@ class ResidualAttentionNetwork(nn.Module):
   (and masks) are then stacked along a leading axis under
   ``stage{s}_attentions``. What each option costs and saves (compile time,
   XLA temporaries, peak memory, step time) is measured for Attention-452 in
-  ``benchmarks/README.md`` (``python -m experiments.bench``): on XLA:CPU scan
-  compiles 5.6x faster with a third of the memory but steps 4x slower, and
-  remat saves XLA temporaries only together with scan.
+  ``benchmarks/README.md`` (``python -m experiments.bench``).
   """
   num_classes: int
   modules_per_stage: Sequence[int]
