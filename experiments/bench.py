@@ -177,8 +177,8 @@ def _measure(argv: Sequence[str]) -> List[Dict[str, Any]]:
           for name in _MODEL.value.split(',') if name.strip()]
 
 
-def main(argv: Sequence[str]) -> List[Dict[str, Any]]:
-  """Runs the benchmark the flags ask for; returns its records (call it with ``cli.call``)."""
+def main(argv: Sequence[str]) -> None:
+  """Runs the benchmark the flags ask for (call it with ``cli.call``)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   given = [f'--{n}' for n in ('model', 'input', 'summarize') if flags.FLAGS[n].value]
@@ -189,7 +189,7 @@ def main(argv: Sequence[str]) -> List[Dict[str, Any]]:
     with open(_SUMMARIZE.value) as f:
       records = [json.loads(line) for line in f if line.strip()]
     print(report.table(records))
-    return records
+    return
   records = _measure(_given_flags())
   print(report.table(records) + '\n\n' + report.machine_line(records[0]))
   for record in records:
@@ -200,7 +200,6 @@ def main(argv: Sequence[str]) -> List[Dict[str, Any]]:
     with open(_JSON_OUT.value, 'a') as f:
       for record in records:
         f.write(json.dumps(record) + '\n')
-  return records
 
 
 if __name__ == '__main__':

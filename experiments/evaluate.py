@@ -16,6 +16,7 @@ from absl import app, flags
 from rattn import train
 from rattn.train import cli
 
+flags.adopt_module_key_flags(cli)  # --workdir and the multi-process flags
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best one).')
 _DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).')
 _SPLIT = flags.DEFINE_string('split', None, 'Split, e.g. test or train[:10%] (default: '

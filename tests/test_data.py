@@ -102,6 +102,19 @@ def test_bad_configs_fail_with_the_fix(real_data_dir, overrides, message):
     data.make_train_iterator(real_config(real_data_dir, **overrides), global_batch_size=8, seed=0)
 
 
+def test_data_plan_opens_each_split_once(real_data_dir, monkeypatch):
+  opened = []
+  real_open = datasets.open_split
+  monkeypatch.setattr(datasets, 'open_split',
+                      lambda cfg, split: opened.append(split) or real_open(cfg, split))
+  plan = data.DataPlan(real_config(real_data_dir, label_noise=0.2, train_split='train[:256]'))
+  assert plan.describe()['flipped_fraction'] > 0
+  next(plan.train_iterator(global_batch_size=8, seed=0))
+  next(iter(plan.eval_iterator(global_batch_size=8)))
+  assert plan.info.num_train == 256 and plan.describe()['num_eval'] == plan.info.num_eval
+  assert sorted(opened) == ['test', 'train[:256]']
+
+
 def test_batch_must_split_evenly_over_processes(real_data_dir):
   with pytest.raises(ValueError, match='multiple of the process count'):
     data.make_eval_iterator(real_config(real_data_dir), global_batch_size=9, process_index=0,
