@@ -161,7 +161,7 @@ class RunPlan:
         self.model, self.tx, self.image_shape, self.mesh))
 
   def train_step(self):
-    return make_train_step(self.config, self.mesh)
+    return make_train_step(self.config, self.mesh, self.keys.mixup)
 
   def eval_step(self):
     return make_eval_step(self.mesh)

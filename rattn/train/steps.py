@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from rattn.train.state import RunKeys, TrainState, batch_sharded, replicated, shard_batch
+from rattn.train.state import TrainState, batch_sharded, replicated, shard_batch
 
 Metrics = Dict[str, jax.Array]
 
@@ -42,13 +42,14 @@ def mixup(key: jax.Array, alpha: float, images: jax.Array) -> Tuple[jax.Array, j
   return mixed.astype(images.dtype), lam
 
 
-def make_train_step(config: ml_collections.ConfigDict,
-                    mesh: Mesh) -> Callable[[TrainState, dict], Tuple[TrainState, Metrics]]:
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                    mixup_key: jax.Array) -> Callable[[TrainState, dict],
+                                                      Tuple[TrainState, Metrics]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
-  The model is the state's ``apply_fn``; ``config`` supplies ``label_smoothing``,
-  ``mixup_alpha`` and ``seed`` (mixup's randomness is ``RunKeys.mixup`` folded
-  with the step).
+  The model is the state's ``apply_fn``; ``config`` supplies ``label_smoothing``
+  and ``mixup_alpha``; mixup's randomness is ``mixup_key`` (``RunKeys.mixup``)
+  folded with the step.
 
   ``batch`` holds global arrays ``image`` [B, H, W, C] and ``label`` [B] sharded
   on the leading axis. ``metrics`` are replicated scalars: ``loss`` (the
@@ -58,13 +59,12 @@ def make_train_step(config: ml_collections.ConfigDict,
   """
   label_smoothing = float(config.label_smoothing)
   mixup_alpha = float(config.mixup_alpha)
-  base_key = RunKeys.from_seed(config.seed).mixup
 
   def train_step(state: TrainState, batch: dict) -> Tuple[TrainState, Metrics]:
     images, labels = batch['image'], batch['label']
     lam = None
     if mixup_alpha > 0:
-      key = jax.random.fold_in(base_key, state.step)
+      key = jax.random.fold_in(mixup_key, state.step)
       images, lam = mixup(key, mixup_alpha, images)
 
     def loss_fn(params):
