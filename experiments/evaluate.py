@@ -16,7 +16,7 @@ from absl import app, flags
 from rattn import train
 from rattn.train import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
+flags.adopt_module_key_flags(cli)  # --workdir and the multi-process flags
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best one).')
 _DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).')
 _SPLIT = flags.DEFINE_string('split', None, 'Split, e.g. test or train[:10%] (default: '
@@ -26,14 +26,14 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the t
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: '
                                    'the config\'s eval_batch_size).')
 _JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.')
-flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.require('workdir')
   cli.initialize_distributed()
-  metrics = train.evaluate_workdir(_WORKDIR.value, step=_STEP.value, dataset=_DATASET.value,
+  metrics = train.evaluate_workdir(cli.WORKDIR.value, step=_STEP.value, dataset=_DATASET.value,
                                    split=_SPLIT.value, data_dir=_DATA_DIR.value,
                                    batch_size=_BATCH_SIZE.value)
   print(f'{metrics["dataset"]}:{metrics["split"]} at step {metrics["step"]:,}: '

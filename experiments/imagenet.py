@@ -1,4 +1,4 @@
-r"""Trains (or resumes) an ImageNet config: the same loop as experiments.cifar.
+r"""Trains (or resumes) an ImageNet config: the same main as experiments.cifar.
 
   python -m experiments.imagenet --config experiments/configs/ran_imagenet.py:model=ran56 \
       --workdir /tmp/ran56_imagenet
@@ -15,26 +15,11 @@ Rerunning the same command with the same --workdir resumes from its latest
 checkpoint.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from rattn import train
 from rattn.train import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, experiments/configs/NAME.py[:ARG]; fields can be '
-    'overridden with --config.FIELD=VALUE.', lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory for checkpoints and metrics; rerun with it to resume.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  cli.initialize_distributed()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
+flags.adopt_module_key_flags(cli)  # --config, --workdir and the multi-process flags
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(cli.train_main)

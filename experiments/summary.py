@@ -15,25 +15,17 @@ count above the model's ``backbone`` (what the attention modules cost).
 
 from __future__ import annotations
 
-import argparse
-import functools
 import re
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import app, flags
 
 from rattn.models import MODELS, create_model, list_models
 from rattn.models.summary import count_params, format_count, format_table, model_summary
+from rattn.train import cli
 
 ATTENTION_RESNETS = ('resnet50', 'se_resnet50', 'cbam_resnet50', 'eca_resnet50',
                      'eca_resnet50_official', 'sge_resnet50')
-
-
-def defined_in(name: str) -> str:
-  """The Python module that defines registered model ``name``."""
-  constructor = MODELS.get(name)
-  while isinstance(constructor, functools.partial):
-    constructor = constructor.func
-  return getattr(constructor, '__module__', '')
 
 
 def _natural_order(names: Sequence[str]) -> List[str]:
@@ -42,15 +34,15 @@ def _natural_order(names: Sequence[str]) -> List[str]:
   return sorted(names, key=key)
 
 
-def _from_file(module: str) -> Callable[[], List[str]]:
-  return lambda: _natural_order([n for n in list_models() if defined_in(n) == module])
+def _family(family: str) -> Callable[[], List[str]]:
+  return lambda: _natural_order([n for n in list_models() if MODELS.entry(n).family == family])
 
 
 GROUPS: Dict[str, Callable[[], List[str]]] = {
     'attention_resnets': lambda: list(ATTENTION_RESNETS),
-    'resnets': _from_file('rattn.models.resnet'),
-    'preact': _from_file('rattn.models.preact_resnet'),
-    'ran': _from_file('rattn.models.ran'),
+    'resnets': _family('resnet'),
+    'preact': _family('preact_resnet'),
+    'ran': _family('ran'),
     'all': lambda: _natural_order(list_models()),
 }
 
@@ -122,30 +114,30 @@ def render(rows: Sequence[Dict[str, Any]], markdown: bool) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.summary', description=__doc__.split('\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  which = parser.add_mutually_exclusive_group()
-  which.add_argument('--models', help='comma-separated registered model names')
-  which.add_argument('--group', choices=sorted(GROUPS), default='attention_resnets',
-                     help='a predefined set of models (default: %(default)s)')
-  parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
-  args = parser.parse_args(argv)
-  if args.models:
-    names = [n.strip().lower() for n in args.models.split(',') if n.strip()]
+_MODELS = flags.DEFINE_list('models', None, 'Registered model names, comma-separated.')
+_GROUP = flags.DEFINE_enum('group', 'attention_resnets', sorted(GROUPS),
+                           'A predefined set of models (ignored with --models).')
+_MARKDOWN = flags.DEFINE_bool('markdown', False, 'Print a Markdown table.')
+
+
+def main(argv: Sequence[str]) -> int:
+  """Prints the table the flags ask for (call it with ``cli.call``)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if _MODELS.value:
+    names = [n.strip().lower() for n in _MODELS.value if n.strip()]
     for name in names:
       try:
         MODELS.get(name)
       except ValueError as e:
-        parser.error(str(e))
+        raise app.UsageError(str(e)) from None
   else:
-    names = GROUPS[args.group]()
+    names = GROUPS[_GROUP.value]()
   if not names:
-    parser.error(f'no models registered in group {args.group!r}.')
-  print(render(summary_rows(names), args.markdown))
+    raise app.UsageError(f'no models registered in group {_GROUP.value!r}.')
+  print(render(summary_rows(names), _MARKDOWN.value))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

@@ -26,17 +26,32 @@ Runs on a CPU in seconds for the CIFAR-sized models.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import ml_collections
 import numpy as np
+from absl import app, flags
 from matplotlib.figure import Figure
 
 from rattn import data, train, viz
+from rattn.train import cli
 from rattn.train.checkpoint import CheckpointError
+
+flags.adopt_module_key_flags(cli)  # --workdir
+_OUT = flags.DEFINE_string('out', None, 'PNG path; a prefix when the model gives several '
+                           'figures.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 4, 'Test images to show.')
+_CHANNEL = flags.DEFINE_integer('channel', 0, 'The single RAN mask channel drawn beside the '
+                                'mean and max.')
+_SPLIT = flags.DEFINE_string('split', None, "tfds split to read images from (default: the "
+                             "workdir's eval split).")
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by eval '
+                             'accuracy).')
+_DPI = flags.DEFINE_integer('dpi', 100, 'Resolution of the PNG files.')
+flags.register_validator('num_images', lambda n: n >= 1, '--num_images must be at least 1.')
+flags.register_validator('out', lambda out: out is None or out.lower().endswith('.png'),
+                         '--out must name a .png file (or prefix), e.g. masks.png.')
 
 
 def png_path(out: str) -> pathlib.Path:
@@ -57,8 +72,8 @@ def output_paths(out: str, names: Sequence[str]) -> Dict[str, pathlib.Path]:
 def read_images(data_cfg: ml_collections.ConfigDict, split: Optional[str],
                 num_images: int) -> np.ndarray:
   """The first ``num_images`` images of ``split``, normalised as in training."""
-  batch = next(iter(data.make_eval_iterator(data_cfg, split=split,
-                                            global_batch_size=num_images)))
+  batch = next(iter(data.DataPlan(data_cfg).eval_iterator(split=split,
+                                                          global_batch_size=num_images)))
   return np.asarray(batch['image'])[np.asarray(batch['mask'], bool)]
 
 
@@ -66,10 +81,15 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
               split: Optional[str] = None, step: Optional[int] = None, dpi: int = 100
               ) -> List[pathlib.Path]:
   """Writes the attention figures of ``workdir``'s checkpoint; returns the paths written."""
-  if num_images < 1:
-    raise ValueError(f'--num_images must be at least 1, got {num_images}.')
   png_path(out)  # a bad --out fails before the model loads
-  model, variables, config = train.load_trained(workdir, step=step)
+  try:
+    model, variables, config = train.load_trained(workdir, step=step)
+  except (FileNotFoundError, CheckpointError) as e:
+    raise type(e)(
+        f'{e}\nTrain a model into the workdir first, e.g. a small RAN (a few minutes on a '
+        'CPU):\n  python -m experiments.cifar --config experiments/configs/fashion_mnist_ran.py '
+        f'--config.num_train_steps=300 --workdir {workdir}\nthen run this command again.'
+    ) from None
   images = read_images(config.data, split, num_images)
   info = config.dataset_info
   figures: Dict[str, Figure] = viz.attention_figures(
@@ -82,39 +102,17 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
   return list(paths.values())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.visualize',
-      description="Draws a trained model's attention masks and gates.",
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  parser.add_argument('--workdir', required=True, help='a training workdir with checkpoints')
-  parser.add_argument('--out', required=True,
-                      help='PNG path; a prefix when the model gives several figures')
-  parser.add_argument('--num_images', type=int, default=4, help='test images to show')
-  parser.add_argument('--channel', type=int, default=0,
-                      help='the single RAN mask channel drawn beside the mean and max')
-  parser.add_argument('--split', default=None,
-                      help="tfds split to read images from (default: the workdir's eval split)")
-  parser.add_argument('--step', type=int, default=None,
-                      help='checkpoint step (default: the best by eval accuracy)')
-  parser.add_argument('--dpi', type=int, default=100)
-  args = parser.parse_args(argv)
-  try:
-    paths = visualize(args.workdir, args.out, num_images=args.num_images,
-                      channel=args.channel, split=args.split, step=args.step, dpi=args.dpi)
-  except (FileNotFoundError, CheckpointError) as e:
-    print(f'error: {e}\nTrain a model into the workdir first, e.g. a small RAN (a few '
-          'minutes on a CPU):\n  python -m experiments.cifar --config '
-          'experiments/configs/fashion_mnist_ran.py --config.num_train_steps=300 '
-          f'--workdir {args.workdir}\nthen run this command again.', file=sys.stderr)
-    return 1
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+def main(argv: Sequence[str]) -> int:
+  """Writes the figures the flags ask for (call it with ``cli.call``)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.require('workdir', 'out')
+  paths = visualize(cli.WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
+                    channel=_CHANNEL.value, split=_SPLIT.value, step=_STEP.value, dpi=_DPI.value)
   for path in paths:
     print(path)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from typing import Any, Callable, Dict, List
+import functools
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """What a registered name stands for: its constructor and the module class behind it.
+
+  ``module`` is the Python module that defines the class (e.g.
+  ``rattn.models.resnet``), ``family`` its last component (``resnet``), and
+  ``fields`` the keyword arguments the class takes (its dataclass fields, Flax's
+  ``parent``/``name`` excluded); empty where the constructor is not a dataclass.
+  """
+  name: str
+  constructor: Callable[..., Any]
+  cls: Any
+  module: str
+  family: str
+  fields: Tuple[str, ...]
+  info: Dict[str, Any]
+
+
+def _entry(name: str, constructor: Callable[..., Any], builds: Optional[Callable[..., Any]],
+           info: Dict[str, Any]) -> Entry:
+  cls = builds if builds is not None else constructor
+  while isinstance(cls, functools.partial):  # the one place that sees through partials
+    cls = cls.func
+  fields = (tuple(f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name'))
+            if dataclasses.is_dataclass(cls) else ())
+  module = getattr(cls, '__module__', '') or ''
+  return Entry(name, constructor, cls, module, module.rsplit('.', 1)[-1], fields, dict(info))
 
 
 class Registry:
@@ -11,22 +42,24 @@ class Registry:
 
   def __init__(self, kind: str):
     self.kind = kind
-    self._entries: Dict[str, Callable[..., Any]] = {}
-    self._info: Dict[str, Dict[str, Any]] = {}
+    self._entries: Dict[str, Entry] = {}
 
-  def register(self, name: str, constructor: Callable[..., Any] | None = None, **info):
+  def register(self, name: str, constructor: Callable[..., Any] | None = None, *,
+               builds: Callable[..., Any] | None = None, **info):
     """Registers ``constructor`` under ``name``; usable as a decorator.
 
-    ``info`` is free metadata kept beside the entry (e.g. a model's default input
-    size and the paper's parameter count), read back with ``info(name)``.
+    ``builds`` names the class (or a partial of it) that ``constructor`` wraps,
+    where it is a plain function; the entry records that class's module and
+    fields. ``info`` is free metadata kept beside the entry (e.g. a model's
+    default input size and the paper's parameter count), read back with
+    ``info(name)``.
     """
 
     def add(fn):
       key = name.lower()
       if key in self._entries:
         raise ValueError(f'{self.kind} {key!r} is registered twice.')
-      self._entries[key] = fn
-      self._info[key] = dict(info)
+      self._entries[key] = _entry(key, fn, builds, info)
       return fn
 
     return add(constructor) if constructor is not None else add
@@ -37,11 +70,7 @@ class Registry:
   def __contains__(self, name: str) -> bool:
     return isinstance(name, str) and name.lower() in self._entries
 
-  def info(self, name: str) -> Dict[str, Any]:
-    self.get(name)  # raises the helpful error for unknown names
-    return dict(self._info[name.lower()])
-
-  def get(self, name: str) -> Callable[..., Any]:
+  def entry(self, name: str) -> Entry:
     key = name.lower() if isinstance(name, str) else name
     if key not in self._entries:
       close = difflib.get_close_matches(str(key), self._entries, n=3)
@@ -51,3 +80,9 @@ class Registry:
           f'{", ".join(self.names())}. Pick one of these (names are case-insensitive), '
           f'or register a new one with rattn.{self.kind}s.')
     return self._entries[key]
+
+  def info(self, name: str) -> Dict[str, Any]:
+    return dict(self.entry(name).info)
+
+  def get(self, name: str) -> Callable[..., Any]:
+    return self.entry(name).constructor

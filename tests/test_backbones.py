@@ -151,8 +151,8 @@ class _ScaleBranch(nn.Module):
 @pytest.fixture
 def scale_branch(monkeypatch):
   """Registers ``_ScaleBranch`` as attention 'test_scale_branch' for one test."""
-  monkeypatch.setitem(ATTENTIONS._entries, 'test_scale_branch', _ScaleBranch)
-  monkeypatch.setitem(ATTENTIONS._info, 'test_scale_branch', {})
+  monkeypatch.setattr(ATTENTIONS, '_entries', dict(ATTENTIONS._entries))  # undone after
+  ATTENTIONS.register('test_scale_branch', _ScaleBranch)
   return 'test_scale_branch'
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import bench as bench_cli
 from rattn import bench
+from rattn.train import cli
 
 MODEL_KEYS = ('model', 'batch_size', 'dtype', 'devices', 'device_kind', 'jax_version', 'date',
               'command', 'macs_per_image', 'params', 'train_images_per_s',
@@ -30,9 +31,9 @@ def _positive(record, keys):
 def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
   out = tmp_path / 'results.jsonl'
   # Two simulated devices: the batch is sharded as in training.
-  bench_cli.main(['--model', 'preact_resnet20', '--batch_size', '8', '--steps', '2',
-                  '--warmup', '1', '--devices', '2', '--json_out', str(out),
-                  '--profile', str(tmp_path / 'profiles')])
+  cli.call(bench_cli.main, ['--model', 'preact_resnet20', '--batch_size', '8', '--steps', '2',
+                            '--warmup', '1', '--devices', '2', '--json_out', str(out),
+                            '--profile', str(tmp_path / 'profiles')])
   printed = capsys.readouterr().out
   assert '| preact_resnet20' in printed and 'train img/s' in printed
   # The profile: a trace on disk and the op kinds that took the most time, largest first.
@@ -57,7 +58,7 @@ def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
   # A repeated run of the same configuration is summarised as one row of medians.
   with open(out, 'a') as f:
     f.write(json.dumps(dict(record, train_images_per_s=2 * record['train_images_per_s'])) + '\n')
-  bench_cli.main(['--summarize', str(out)])
+  cli.call(bench_cli.main, ['--summarize', str(out)])
   (row,) = [line for line in capsys.readouterr().out.splitlines() if 'preact_resnet20' in line]
   cells = [cell.strip() for cell in row.strip('|').split('|')]
   rates = [record['train_images_per_s'], 2 * record['train_images_per_s']]
@@ -67,8 +68,8 @@ def test_model_bench_writes_a_json_line_per_model(tmp_path, capsys):
 
 def test_input_bench_measures_the_grain_pipeline(tmp_path, real_data_dir):
   out = tmp_path / 'results.jsonl'
-  bench_cli.main(['--input', 'cifar10', '--batch_size', '16', '--steps', '3',
-                  '--json_out', str(out)])
+  cli.call(bench_cli.main, ['--input', 'cifar10', '--batch_size', '16', '--steps', '3',
+                            '--json_out', str(out)])
   (record,) = _read_lines(out)
   assert record['kind'] == 'input' and record['pipeline'] == 'grain'
   _positive(record, ('input_images_per_s', 'batch_size'))

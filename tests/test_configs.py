@@ -23,6 +23,10 @@ SMALL = ('tiny', 'fashion_mnist_ran', 'fashion_mnist_resnet', 'cifar10_subset_ra
 IMAGE_SHAPES = {'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 
 
+def _plan(config, image_shape=(8, 8, 3)):
+  return train.make_plan(config, image_shape=image_shape, num_classes=10)
+
+
 def _module(name):
   return importlib.import_module(f'experiments.configs.{name}')
 
@@ -48,8 +52,7 @@ def test_small_configs_build_for_their_data(name):
   shape = IMAGE_SHAPES[config.data.dataset]
   if config.data.image_size:
     shape = (config.data.image_size, config.data.image_size, shape[2])
-  model = train.build_model(config, 10)
-  state = train.init_train_state(config, model, shape, train.make_mesh(), abstract=True)
+  state = _plan(config, shape).abstract_state()
   assert state.params
 
 
@@ -98,29 +101,33 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
 
 def test_unknown_model():
   with pytest.raises(train.ConfigError, match="config.model: Unknown model 'resnet05'.*resnet50"):
-    train.build_model(tiny_config(model='resnet05'), 10)
+    _plan(tiny_config(model='resnet05'))
 
 
-def test_unknown_model_kwarg_lists_the_valid_ones():
-  config = tiny_config()
-  config.model_kwargs = {'widht': 8}
-  with pytest.raises(train.ConfigError, match="unexpected keyword argument 'widht'.*width"):
-    train.build_model(config, 10)
+@pytest.mark.parametrize('model, typo, field', [
+    ('train_test_tiny', 'widht', 'width'), ('ran56_cifar', 'attention_tpye', 'attention_type'),
+    ('resnet18', 'atention', 'attention'), ('preact_resnet20', 'zero_init', 'bottleneck')])
+def test_unknown_model_kwarg_lists_the_valid_ones(model, typo, field):
+  config = tiny_config(model=model)
+  config.model_kwargs = {typo: 8}
+  with pytest.raises(train.ConfigError,
+                     match=f"unexpected keyword argument '{typo}'. It accepts: .*{field}"):
+    _plan(config)
 
 
 def test_unknown_attention():
   config = tiny_config(model='preact_resnet20')
   config.model_kwargs = {'attention': 'sse'}
   with pytest.raises(train.ConfigError, match="Unknown attention 'sse'.*Did you mean 'se'"):
-    train.build_model(config, 10)
+    _plan(config)
 
 
 def test_unknown_ran_attention_type():
   config = tiny_config(model='ran56_cifar')
   config.model_kwargs = {'attention_type': 'both', 'width': 0.25}
-  model = train.build_model(config, 10)
-  with pytest.raises(train.ConfigError, match="Unknown attention_type 'both'.*mixed"):
-    train.init_train_state(config, model, (32, 32, 3), train.make_mesh(), abstract=True)
+  with pytest.raises(train.ConfigError, match="Unknown attention_type 'both'.*mixed.*Without "
+                     'model_kwargs it initialises'):
+    _plan(config, (32, 32, 3)).abstract_state()
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -131,13 +138,13 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 
 class _Flat(nn.Module):
-  """A model that only takes 28x28x1 images (it flattens them into a fixed-size Dense)."""
+  """A model that only takes 28x28 images (it reshapes them to 784 pixels)."""
   num_classes: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train=False):
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], 28 * 28 * 1)[:, :32])
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], 28 * 28, -1).mean(-1))
 
 
 def test_wrong_image_shape_for_the_model():
@@ -145,7 +152,25 @@ def test_wrong_image_shape_for_the_model():
     MODELS.register('config_test_flat', _Flat, image_size=28, num_classes=10)
   config = tiny_config(model='config_test_flat')
   config.model_kwargs = {}
-  model = train.build_model(config, 10)
   with pytest.raises(train.ConfigError, match=r'fails to initialise on images of shape \(8, 8, '
                      r'3\).*designed for 28x28 images.*--config.data.image_size=28'):
-    train.init_train_state(config, model, (8, 8, 3), train.make_mesh(), abstract=True)
+    _plan(config).abstract_state()
+
+
+class _Broken(nn.Module):
+  """A model with a bug: it fails to initialise whatever the config."""
+  num_classes: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    raise ZeroDivisionError('a bug in the model')
+
+
+def test_a_model_bug_is_not_reported_as_a_config_mistake():
+  if 'config_test_broken' not in MODELS:
+    MODELS.register('config_test_broken', _Broken, image_size=8, num_classes=10)
+  config = tiny_config(model='config_test_broken')
+  config.model_kwargs = {}
+  with pytest.raises(ZeroDivisionError, match='a bug in the model'):
+    _plan(config).init_state()

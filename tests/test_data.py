@@ -102,6 +102,19 @@ def test_bad_configs_fail_with_the_fix(real_data_dir, overrides, message):
     data.make_train_iterator(real_config(real_data_dir, **overrides), global_batch_size=8, seed=0)
 
 
+def test_data_plan_opens_each_split_once(real_data_dir, monkeypatch):
+  opened = []
+  real_open = datasets.open_split
+  monkeypatch.setattr(datasets, 'open_split',
+                      lambda cfg, split: opened.append(split) or real_open(cfg, split))
+  plan = data.DataPlan(real_config(real_data_dir, label_noise=0.2, train_split='train[:256]'))
+  assert plan.describe()['flipped_fraction'] > 0
+  next(plan.train_iterator(global_batch_size=8, seed=0))
+  next(iter(plan.eval_iterator(global_batch_size=8)))
+  assert plan.info.num_train == 256 and plan.describe()['num_eval'] == plan.info.num_eval
+  assert sorted(opened) == ['test', 'train[:256]']
+
+
 def test_batch_must_split_evenly_over_processes(real_data_dir):
   with pytest.raises(ValueError, match='multiple of the process count'):
     data.make_eval_iterator(real_config(real_data_dir), global_batch_size=9, process_index=0,
@@ -307,7 +320,7 @@ def test_train_iterator_applies_the_noise_per_example(real_data_dir):
                           label_noise=0.4, noise_seed=7)
   clean = split_labels(clean_cfg, 'train[:400]')
   expected, fraction = data.symmetric_label_noise(clean, 0.4, 10, seed=7)
-  assert data.describe(noisy_cfg)['flipped_fraction'] == fraction
+  assert data.DataPlan(noisy_cfg).describe()['flipped_fraction'] == fraction
   assert abs(fraction - 0.4) < 0.08
   # Two hosts: each shard carries the noise of its own examples.
   got = np.concatenate([next(data.make_train_iterator(noisy_cfg, global_batch_size=400, seed=0,
@@ -343,7 +356,8 @@ def test_imagenet_random_crops_for_training_centre_crops_for_eval():
     cfg = data.data_config()
     cfg.update(dataset='imagenet2012', eval_split='validation', image_size=48)
     assert data.dataset_info(cfg).image_shape == (48, 48, 3)
-    assert data.describe(cfg)['augment'] == 'imagenet' and not data.describe(cfg)['in_memory']
+    described = data.DataPlan(cfg).describe()
+    assert described['augment'] == 'imagenet' and not described['in_memory']
     a = take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 2)
     b = take(data.make_train_iterator(cfg, global_batch_size=4, seed=0), 2)
     c = next(data.make_train_iterator(cfg, global_batch_size=4, seed=1))

@@ -12,6 +12,7 @@ import pytest
 from experiments import summary
 from rattn.models import MODELS, create_model
 from rattn.models.summary import count_macs, count_params
+from rattn.train import cli
 
 STAGE_BLOCKS = (3, 4, 6, 3)          # ResNet-50
 STAGE_WIDTHS = (64, 128, 256, 512)   # inner widths; blocks output 4x these
@@ -158,8 +159,8 @@ def table_rows(text):
 
 
 def test_cli_markdown_table_is_well_formed(capsys):
-  assert summary.main(['--models', 'resnet18,eca_resnet50_official,preact_resnet20',
-                       '--markdown']) == 0
+  assert cli.call(summary.main, ['--models', 'resnet18,eca_resnet50_official,preact_resnet20',
+                                 '--markdown']) == 0
   out = capsys.readouterr().out
   rows = table_rows(out)
   assert len(rows) == 2 + 3
@@ -178,7 +179,7 @@ def test_cli_markdown_table_is_well_formed(capsys):
 
 
 def test_cli_default_prints_the_attention_resnet50s(capsys):
-  assert summary.main([]) == 0
+  assert cli.call(summary.main, []) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].split()[:3] == ['model', 'input', 'params']
   assert [line.split()[0] for line in lines[1:7]] == list(ATTENTION_RESNET50S)
@@ -186,7 +187,15 @@ def test_cli_default_prints_the_attention_resnet50s(capsys):
 
 def test_cli_unknown_model_lists_the_valid_names(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    summary.main(['--models', 'resnet50,resnet51'])
-  assert exit_info.value.code == 2
+    cli.call(summary.main, ['--models', 'resnet50,resnet51'])
+  assert exit_info.value.code == 1
   assert re.search(r"Unknown model 'resnet51'.*Valid model names.*resnet50",
                    capsys.readouterr().err)
+
+
+def test_groups_come_from_the_registry_families():
+  """The registry records each model's defining module, through the ResNets' constructor."""
+  assert summary.GROUPS['preact']() == ['preact_resnet20', 'preact_resnet56',
+                                        'preact_resnet110', 'preact_resnet164']
+  assert summary.GROUPS['resnets']()[:2] == ['cbam_resnet50', 'eca_resnet50']
+  assert 'ran92_cifar' in summary.GROUPS['ran']()

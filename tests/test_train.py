@@ -1,5 +1,6 @@
 """Unit tests of the training pieces: schedules, optimiser, losses, sharded steps."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,10 @@ from train_worker import flatten_variables, register, tiny_config
 
 register()
 IMAGE_SHAPE = (8, 8, 3)
+
+
+def _plan(config, mesh=None):
+  return train.make_plan(config, mesh, image_shape=IMAGE_SHAPE, num_classes=10)
 
 
 def _batch(size: int, seed: int = 0) -> dict:
@@ -67,53 +72,55 @@ def test_sharded_train_step_equals_single_device_step():
   """8 devices, batch split 8 ways == 1 device with the whole batch: params AND BN stats."""
   assert jax.device_count() == 8
   config = tiny_config(**{'label_smoothing': 0.1, 'mixup_alpha': 0.2})
-  model = train.build_model(config, 10)
   results = []
   for mesh in (train.make_mesh(), train.make_mesh(jax.devices()[:1])):
-    state = train.init_train_state(config, model, IMAGE_SHAPE, mesh)
-    step = train.make_train_step(config, mesh)
+    plan = _plan(config, mesh)
+    state, step = plan.init_state(), plan.train_step()
     for i in range(2):
       batch = train.shard_batch(_batch(32, seed=i), mesh)
       assert len(batch['image'].sharding.device_set) == mesh.size
       state, metrics = step(state, batch)
     results.append((flatten_variables(state.variables()), jax.device_get(metrics)))
   (sharded, sharded_metrics), (single, single_metrics) = results
-  assert sharded.keys() == single.keys()
   assert any('batch_stats' in k for k in sharded)
-  for key in sharded:
-    np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, atol=2e-6, err_msg=key)
-  np.testing.assert_allclose(sharded_metrics['loss'], single_metrics['loss'], rtol=1e-5)
+  chex.assert_trees_all_close(sharded, single, rtol=2e-5, atol=2e-6)
+  chex.assert_trees_all_close(sharded_metrics['loss'], single_metrics['loss'], rtol=1e-5)
 
 
 def test_eval_step_ignores_padding():
-  config = tiny_config()
-  mesh = train.make_mesh()
-  state = train.init_train_state(config, train.build_model(config, 10), IMAGE_SHAPE, mesh)
-  eval_step = train.make_eval_step(mesh)
+  plan = _plan(tiny_config())
+  mesh, state, eval_step = plan.mesh, plan.init_state(), plan.eval_step()
   batch = _batch(16)
   padded = jax.device_get(eval_step(state, train.shard_batch(
       dict(batch, mask=np.arange(16) < 8), mesh)))
   first_half = jax.device_get(eval_step(state, train.shard_batch(
       {k: v[:8] for k, v in batch.items()}, mesh)))
   assert padded['count'] == 8
-  for key in ('loss', 'correct', 'correct_top5'):
-    np.testing.assert_allclose(padded[key], first_half[key], rtol=1e-5)
+  chex.assert_trees_all_close(padded, first_half, rtol=1e-5)
 
 
-def test_create_train_and_step_reads_no_data():
-  """The benchmark entry point: input shape and classes from the model's registry entry."""
+def test_plan_with_given_shapes_reads_no_data():
+  """What the benchmark and a saved run's evaluation use: no data is opened."""
   config = tiny_config(**{'data.dataset': 'no_such_dataset'})  # proves no data is read
-  state, train_step = train.create_train_and_step(config)
-  batch = train.shard_batch(_batch(16), train.make_mesh())  # train_test_tiny: 8x8, 10 classes
-  state, metrics = train_step(state, batch)
+  plan = _plan(config)
+  assert plan.data is None
+  state, metrics = plan.train_step()(plan.init_state(),
+                                     train.shard_batch(_batch(16), plan.mesh))
   assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
 
 
+def test_run_keys_are_the_seed_keys_of_before():
+  """Parameter init and mixup keep using jax.random.key(seed): old runs reproduce."""
+  keys = _plan(tiny_config(seed=7)).keys
+  expected = jax.random.key_data(jax.random.key(7))
+  chex.assert_trees_all_equal(jax.random.key_data(keys.params), expected)
+  chex.assert_trees_all_equal(jax.random.key_data(keys.mixup), expected)
+  assert keys.data == 7
+
+
 def test_bfloat16_compute_keeps_float32_params():
-  config = tiny_config(dtype='bfloat16')
-  mesh = train.make_mesh()
-  state = train.init_train_state(config, train.build_model(config, 10), IMAGE_SHAPE, mesh)
-  state, metrics = train.make_train_step(config, mesh)(state, train.shard_batch(_batch(16), mesh))
+  plan = _plan(tiny_config(dtype='bfloat16'))
+  state, metrics = plan.train_step()(plan.init_state(), train.shard_batch(_batch(16), plan.mesh))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   assert metrics['loss'].dtype == jnp.float32 and np.isfinite(float(metrics['loss']))
 
@@ -142,8 +149,8 @@ def test_checkpointer_keeps_latest_and_best_and_restores_data_position(tmp_path)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = reopened.restore(5, abstract, fresh)
-  np.testing.assert_array_equal(restored['w'], 5 * np.arange(8.0))
-  np.testing.assert_array_equal(next(fresh), expected_next)
+  chex.assert_trees_all_equal(restored['w'], 5 * np.arange(8.0))
+  chex.assert_trees_all_equal(next(fresh), expected_next)
   with pytest.raises(train.CheckpointError,
                      match=r'No checkpoint at step 3 .*saved steps are \[2, 4, 5\]'):
     reopened.restore(3, abstract)

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import NamedTuple
 
+import chex
 import numpy as np
 import portpicker
 import pytest
@@ -59,9 +60,7 @@ def _load(path) -> dict:
 
 
 def _assert_same(actual: dict, expected: dict, rtol: float, atol: float) -> None:
-  assert actual.keys() == expected.keys()
-  for key in expected:
-    np.testing.assert_allclose(actual[key], expected[key], rtol=rtol, atol=atol, err_msg=key)
+  chex.assert_trees_all_close(actual, expected, rtol=rtol, atol=atol)
 
 
 @pytest.mark.slow
@@ -100,8 +99,8 @@ def test_two_processes_train_like_one_on_the_same_global_batches(tmp_path):
   # The reference: this process (8 devices) concatenates the two processes' shards.
   config = tiny_config(**overrides)
   mesh = train.make_mesh()
-  state = train.init_train_state(config, train.build_model(config, 10), (8, 8, 3), mesh)
-  train_step = train.make_train_step(config, mesh)
+  plan = train.make_plan(config, mesh, image_shape=(8, 8, 3), num_classes=10)
+  state, train_step = plan.init_state(), plan.train_step()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     shards = [data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                        seed=config.seed, process_index=i, process_count=2)

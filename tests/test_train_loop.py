@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -139,7 +140,7 @@ def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(t
   assert resumed['eval_loss'] == straight['eval_loss']
   _, expected, _ = train.load_trained(str(tmp_path / 'straight'))
   _, got, _ = train.load_trained(str(tmp_path / 'preempted'))
-  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  chex.assert_trees_all_equal(got, expected)
 
 
 @pytest.mark.slow

@@ -180,16 +180,19 @@ def test_output_paths_use_out_as_a_prefix_for_several_figures():
 def test_cli_explains_a_workdir_without_checkpoints(tmp_path, capsys):
   from experiments import visualize
   from experiments.configs import tiny
+  from rattn.train import cli
 
-  assert visualize.main(['--workdir', str(tmp_path / 'nothing'), '--out',
-                         str(tmp_path / 'm.png')]) == 1
+  with pytest.raises(SystemExit, match='1'):
+    cli.call(visualize.main, ['--workdir', str(tmp_path / 'nothing'), '--out',
+                              str(tmp_path / 'm.png')])
   assert 'experiments.cifar' in capsys.readouterr().err
   # What a run leaves before its first checkpoint: the run files only.
   started = tmp_path / 'started'
   started.mkdir()
   (started / 'config.json').write_text(tiny.get_config().to_json_best_effort())
   (started / 'dataset_info.json').write_text('{}')
-  assert visualize.main(['--workdir', str(started), '--out', str(tmp_path / 'm.png')]) == 1
+  with pytest.raises(SystemExit, match='1'):
+    cli.call(visualize.main, ['--workdir', str(started), '--out', str(tmp_path / 'm.png')])
   err = capsys.readouterr().err
   assert 'no checkpoint' in err and 'experiments.cifar' in err
 
@@ -228,6 +231,7 @@ def test_notebook_runs_top_to_bottom_then_the_cli_draws_its_ran(real_data_dir, t
 
   from experiments import visualize
   from rattn import train
+  from rattn.train import cli
 
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   # As papermill does: a cell after the 'parameters' cell overrides them, here to
@@ -249,8 +253,9 @@ def test_notebook_runs_top_to_bottom_then_the_cli_draws_its_ran(real_data_dir, t
 
   (workdir,) = tmp_path.glob('ran56_fashion_mnist_*')
   out = tmp_path / 'masks.png'
-  assert visualize.main(['--workdir', str(workdir), '--out', str(out), '--num_images', '3',
-                         '--channel', '5', '--split', 'test[:16]']) == 0
+  assert cli.call(visualize.main, ['--workdir', str(workdir), '--out', str(out),
+                                   '--num_images', '3', '--channel', '5',
+                                   '--split', 'test[:16]']) == 0
   assert capsys.readouterr().out.split() == [str(out)]  # one figure: exactly --out
   _assert_png_has_content(out)
 

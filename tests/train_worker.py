@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rattn.models.layers import classifier
+
 MODEL_NAME = 'train_test_tiny'
 MOCK_EXAMPLES = 96
 
@@ -44,8 +46,7 @@ class TinyNet(nn.Module):
                                 param_dtype=self.param_dtype)(x)))
     x = nn.relu(norm()(nn.Conv(2 * self.width, (3, 3), strides=2, use_bias=False,
                                 dtype=self.dtype, param_dtype=self.param_dtype)(x)))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return classifier(x, self.num_classes, self.dtype, self.param_dtype)  # float32 logits
 
 
 def register() -> None:
@@ -91,12 +92,10 @@ def flatten_variables(variables: Dict[str, Any]) -> Dict[str, np.ndarray]:
 def restore_final(config, workdir: str) -> Dict[str, np.ndarray]:
   """The run's final checkpoint, restored onto the global mesh of all processes."""
   from rattn import train  # pylint: disable=g-import-not-at-top
-  mesh = train.make_mesh()
-  model = train.build_model(config, 10)
   image_shape = (config.data.image_size, config.data.image_size, 3)
-  abstract = train.init_train_state(config, model, image_shape, mesh, abstract=True)
+  plan = train.make_plan(config, image_shape=image_shape, num_classes=10)
   checkpoints = train.Checkpointer(f'{workdir}/checkpoints', read_only=True)
-  state = checkpoints.restore(config.num_train_steps, abstract)
+  state = checkpoints.restore(config.num_train_steps, plan.abstract_state())
   checkpoints.close()
   return flatten_variables(state.variables())
 

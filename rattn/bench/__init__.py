@@ -1,4 +1,5 @@
-"""Measurement pieces for ``experiments/bench.py``: timing, memory, device peaks, profiles."""
+"""What ``experiments/bench.py`` runs: the measurements (``runs``: a model's steps, an input
+pipeline), their pieces (timing, memory, device peaks, profiles) and the tables (``report``)."""
 
 from rattn.bench.hardware import PEAK_FLOPS, cpu_model, machine, peak_flops
 from rattn.bench.measure import (Timing, compile_timed, compiled_memory, device_peak_bytes,

@@ -190,18 +190,3 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
           name, builder, f'and preparing it failed ({type(e).__name__}: {e})')) from e
   return builder.as_data_source(split=split)
 
-
-def dataset_info(data_cfg: ml_collections.ConfigDict) -> DatasetInfo:
-  """Shapes, class count and true split sizes (read off the data sources)."""
-  ds_spec = spec(data_cfg)
-  augment_name(data_cfg)  # fail early on a bad combination
-  size = image_size(data_cfg)
-  return DatasetInfo(
-      name=data_cfg.dataset,
-      num_classes=ds_spec.num_classes,
-      image_shape=(size, size, ds_spec.channels),
-      num_train=len(open_split(data_cfg, data_cfg.train_split)),
-      num_eval=len(open_split(data_cfg, data_cfg.eval_split)),
-      mean=ds_spec.mean,
-      std=ds_spec.std,
-  )

@@ -41,25 +41,29 @@ def _processes(process_index: Optional[int], process_count: Optional[int]) -> Tu
   return index, count
 
 
-def _local_batch(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'global_batch_size {global_batch_size} must be a positive multiple '
-                     f'of the process count {process_count}.')
-  return global_batch_size // process_count
+def split_batch(global_batch_size: int, parts: int, unit: str = 'process',
+                name: str = 'global_batch_size', flag: str = '') -> int:
+  """``global_batch_size // parts``; a ValueError naming sizes that split evenly.
+
+  The one batch-divisibility check: over processes here, over devices in the
+  run plan and the benchmark (``name`` and ``flag`` spell the setting).
+  """
+  size = int(global_batch_size)
+  if size <= 0 or size % parts:
+    units = f'{unit}es' if unit.endswith('s') else f'{unit}s'
+    lower = max(size - size % parts, 0)
+    suggestion = f'{flag}{lower} or {lower + parts}' if lower else f'{flag}{parts}'
+    raise ValueError(
+        f'{name}={size} does not divide evenly over the {parts} {units} of this run: every '
+        f'{unit} must get the same number of examples. Use a positive multiple of the {unit} '
+        f'count, e.g. {suggestion}.')
+  return size // parts
 
 
 def shard_bounds(num_examples: int, process_index: int, process_count: int) -> Tuple[int, int]:
   """[start, stop) of this process's contiguous shard; shard sizes differ by at most one."""
   return (num_examples * process_index // process_count,
           num_examples * (process_index + 1) // process_count)
-
-
-def _noise_plan(data_cfg: ml_collections.ConfigDict,
-                num_examples: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-  if data_cfg.label_noise <= 0:
-    return None
-  return noise.noise_plan(num_examples, data_cfg.label_noise,
-                          datasets.spec(data_cfg).num_classes, data_cfg.noise_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class _ReadRecord:
 
 
 def _decode_all(read: _ReadRecord, count: int) -> Tuple[np.ndarray, np.ndarray]:
-  """The whole shard as (uint8 [N, H, W, C], int32 [N]); ~5-10k images/s per core."""
+  """The whole shard as (uint8 [N, H, W, C], int32 [N]), decoded record by record."""
   records = [read(i) for i in range(count)]
   return (np.stack([r['image'] for r in records]),
           np.asarray([r['label'] for r in records], np.int32))
@@ -149,7 +153,7 @@ class _StepIndices:
   """Training step -> the shard indices of its batch, epoch after epoch without gaps.
 
   One vectorised permutation per epoch instead of grain's per-element index
-  shuffle, which cost ~20 us an element here: half the in-memory CIFAR pipeline.
+  shuffle, which took a large share of the in-memory CIFAR pipeline's time.
   """
   num_examples: int
   batch_size: int
@@ -206,105 +210,152 @@ def _iter_dataset(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
   return ds
 
 
-def _reader(data_cfg: ml_collections.ConfigDict, split: str, train: bool,
-            process_index: int, process_count: int) -> Tuple[_ReadRecord, int, int]:
-  """This process's reader, its shard size, and the split size."""
-  source = datasets.open_split(data_cfg, split)
-  num_examples = len(source)
-  start, stop = shard_bounds(num_examples, process_index, process_count)
-  ds_spec = datasets.spec(data_cfg)
-  size = datasets.image_size(data_cfg) if ds_spec.small else None
-  plan = _noise_plan(data_cfg, num_examples) if train else None
-  read = _ReadRecord(source, start, datasets.label_key(data_cfg, train), size,
-                     ds_spec.num_classes, plan)
-  return read, stop - start, num_examples
+class DataPlan:
+  """The input of a run, assembled once from ``config.data``.
 
-
-def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_size: int,
-                        seed: int, process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> grain.DatasetIterator:
-  """Endless {'image': float32 [B, H, W, C], 'label': int32 [B]} with B = global / processes.
-
-  Returns a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
-  ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` with orbax) resume it
-  exactly, in a new process too.
+  Checks the data config once (dataset, augmentation, caching, label source),
+  opens each tfds split once, and holds what every consumer asks for: the
+  dataset's ``info``, the label-noise plan, the training and eval iterators and
+  ``describe()``.
   """
-  index, count = _processes(process_index, process_count)
-  local = _local_batch(global_batch_size, count)
-  ds_spec = datasets.spec(data_cfg)
-  augment_kind = datasets.augment_name(data_cfg)
-  read, shard_size, _ = _reader(data_cfg, data_cfg.train_split, True, index, count)
-  if shard_size == 0:
-    raise ValueError(f'{data_cfg.dataset}:{data_cfg.train_split} has too few examples for '
-                     f'{count} processes.')
-  shuffle_seed, augment_seed = _seeds(seed)
 
-  # Element k is training step k's batch: a pure function of (seed, k), so the
-  # iterator's state is one integer. Batches run across epoch boundaries.
-  ds = grain.MapDataset.range(sys.maxsize).map(
-      _StepIndices(shard_size, local, shuffle_seed, data_cfg.shuffle))
-  if datasets.in_memory(data_cfg):
-    ds = ds.map(_Gather(*_decode_all(read, shard_size)))
-  else:
-    crop = None if ds_spec.small else datasets.image_size(data_cfg)
-    ds = ds.random_map(_ReadBatch(read, crop, augment_kind == 'imagenet'), seed=augment_seed)
-  if augment_kind == 'cifar':
-    ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
-  ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
-  return iter(_iter_dataset(ds, data_cfg, data_cfg.num_workers))
+  def __init__(self, data_cfg: ml_collections.ConfigDict):
+    self.config = data_cfg
+    self.spec = datasets.spec(data_cfg)
+    self.augment = datasets.augment_name(data_cfg)
+    self.in_memory = datasets.in_memory(data_cfg)
+    self.image_size = datasets.image_size(data_cfg)
+    self.train_label_key = datasets.label_key(data_cfg, train=True)
+    self._sources: Dict[str, Sequence[Dict[str, Any]]] = {}
+
+  @functools.cached_property
+  def info(self) -> datasets.DatasetInfo:
+    """What the model and the trainer need to know about the data (split sizes read once)."""
+    return datasets.DatasetInfo(
+        name=self.config.dataset, num_classes=self.spec.num_classes,
+        image_shape=(self.image_size, self.image_size, self.spec.channels),
+        num_train=len(self.source(self.config.train_split)),
+        num_eval=len(self.source(self.config.eval_split)),
+        mean=self.spec.mean, std=self.spec.std)
+
+  @functools.cached_property
+  def noise(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Per training example: whether its label flips and by how much (None: no noise)."""
+    cfg = self.config
+    if cfg.label_noise <= 0:
+      return None
+    return noise.noise_plan(len(self.source(cfg.train_split)), cfg.label_noise,
+                            self.spec.num_classes, cfg.noise_seed)
+
+  def source(self, split: str) -> Sequence[Dict[str, Any]]:
+    """The tfds data source of ``split``, opened on first use."""
+    if split not in self._sources:
+      self._sources[split] = datasets.open_split(self.config, split)
+    return self._sources[split]
+
+  def _reader(self, split: str, train: bool, process_index: int,
+              process_count: int) -> Tuple[_ReadRecord, int, int]:
+    """This process's reader, its shard size, and the split size."""
+    source = self.source(split)
+    num_examples = len(source)
+    start, stop = shard_bounds(num_examples, process_index, process_count)
+    size = self.image_size if self.spec.small else None
+    read = _ReadRecord(source, start, self.train_label_key if train else 'label', size,
+                       self.spec.num_classes, self.noise if train else None)
+    return read, stop - start, num_examples
+
+  def train_iterator(self, *, global_batch_size: int, seed: int,
+                     process_index: Optional[int] = None,
+                     process_count: Optional[int] = None) -> grain.DatasetIterator:
+    """Endless {'image': float32 [B, H, W, C], 'label': int32 [B]} with B = global / processes.
+
+    Returns a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
+    ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` with orbax)
+    resume it exactly, in a new process too.
+    """
+    cfg = self.config
+    index, count = _processes(process_index, process_count)
+    local = split_batch(global_batch_size, count)
+    read, shard_size, _ = self._reader(cfg.train_split, True, index, count)
+    if shard_size == 0:
+      raise ValueError(f'{cfg.dataset}:{cfg.train_split} has too few examples for '
+                       f'{count} processes.')
+    shuffle_seed, augment_seed = _seeds(seed)
+
+    # Element k is training step k's batch: a pure function of (seed, k), so the
+    # iterator's state is one integer. Batches run across epoch boundaries.
+    ds = grain.MapDataset.range(sys.maxsize).map(
+        _StepIndices(shard_size, local, shuffle_seed, cfg.shuffle))
+    if self.in_memory:
+      ds = ds.map(_Gather(*_decode_all(read, shard_size)))
+    else:
+      crop = None if self.spec.small else self.image_size
+      ds = ds.random_map(_ReadBatch(read, crop, self.augment == 'imagenet'), seed=augment_seed)
+    if self.augment == 'cifar':
+      ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
+    ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
+    return iter(_iter_dataset(ds, cfg, cfg.num_workers))
+
+  def eval_iterator(self, *, global_batch_size: int, split: Optional[str] = None,
+                    process_index: Optional[int] = None,
+                    process_count: Optional[int] = None) -> grain.IterDataset:
+    """One pass over ``split`` (default eval_split): {'image', 'label', 'mask'} batches.
+
+    Every example appears exactly once across processes; the last batches are
+    padded (mask False) so that every process yields the same number of
+    batches, which a multi-host jit needs. Labels are always the clean ones.
+    The returned dataset can be iterated again for every evaluation.
+    """
+    cfg = self.config
+    index, count = _processes(process_index, process_count)
+    local = split_batch(global_batch_size, count)
+    read, shard_size, num_examples = self._reader(split or cfg.eval_split, False, index, count)
+    largest_shard = -(-num_examples // count)
+    num_batches = -(-largest_shard // local)
+
+    ds = grain.MapDataset.range(num_batches * local)
+    if self.in_memory:
+      ds = ds.batch(local).map(_Gather(*_decode_all(read, shard_size), with_mask=True))
+    else:
+      shape = (self.image_size, self.image_size, self.spec.channels)
+      ds = ds.map(_EvalRecord(read, shard_size, shape, not self.spec.small)).batch(local)
+    ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
+    # In memory, eval is a gather and a scale: faster here than starting worker
+    # processes, which every pass over an IterDataset does anew.
+    return _iter_dataset(ds, cfg, 0 if self.in_memory else cfg.num_workers)
+
+  def describe(self) -> Dict[str, Any]:
+    """A flat summary of the input, for the experiment's log (incl. 'flipped_fraction')."""
+    cfg, info = self.config, self.info
+    return {
+        'dataset': info.name,
+        'train_split': cfg.train_split,
+        'eval_split': cfg.eval_split,
+        'num_train': info.num_train,
+        'num_eval': info.num_eval,
+        'num_classes': info.num_classes,
+        'image_shape': info.image_shape,
+        'augment': self.augment,
+        'in_memory': self.in_memory,
+        'label_source': cfg.label_source,
+        'label_noise': float(cfg.label_noise),
+        'flipped_fraction': float(self.noise[0].mean()) if self.noise is not None else 0.0,
+    }
 
 
-def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, split: Optional[str] = None,
-                       global_batch_size: int, process_index: Optional[int] = None,
-                       process_count: Optional[int] = None) -> grain.IterDataset:
-  """One pass over ``split`` (default eval_split): {'image', 'label', 'mask'} batches.
-
-  Every example appears exactly once across processes; the last batches are
-  padded (mask False) so that every process yields the same number of batches,
-  which a multi-host jit needs. Labels are always the clean ones. The returned
-  dataset can be iterated again for every evaluation.
-  """
-  index, count = _processes(process_index, process_count)
-  local = _local_batch(global_batch_size, count)
-  ds_spec = datasets.spec(data_cfg)
-  datasets.augment_name(data_cfg)  # the same checks as for training
-  read, shard_size, num_examples = _reader(data_cfg, split or data_cfg.eval_split, False,
-                                           index, count)
-  largest_shard = -(-num_examples // count)
-  num_batches = -(-largest_shard // local)
-
-  ds = grain.MapDataset.range(num_batches * local)
-  memory = datasets.in_memory(data_cfg)
-  if memory:
-    ds = ds.batch(local).map(_Gather(*_decode_all(read, shard_size), with_mask=True))
-  else:
-    size = datasets.image_size(data_cfg)
-    shape = (size, size, ds_spec.channels)
-    ds = ds.map(_EvalRecord(read, shard_size, shape, not ds_spec.small)).batch(local)
-  ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
-  # In memory, eval is a gather and a scale: faster here than starting worker
-  # processes, which every pass over an IterDataset does anew.
-  return _iter_dataset(ds, data_cfg, 0 if memory else data_cfg.num_workers)
+def dataset_info(data_cfg: ml_collections.ConfigDict) -> datasets.DatasetInfo:
+  """Shapes, class count and true split sizes (read off the data sources)."""
+  return DataPlan(data_cfg).info
 
 
-def describe(data_cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """A flat summary of the input, for the experiment's log (incl. 'flipped_fraction')."""
-  info = datasets.dataset_info(data_cfg)
-  plan = _noise_plan(data_cfg, info.num_train)
-  return {
-      'dataset': info.name,
-      'train_split': data_cfg.train_split,
-      'eval_split': data_cfg.eval_split,
-      'num_train': info.num_train,
-      'num_eval': info.num_eval,
-      'num_classes': info.num_classes,
-      'image_shape': info.image_shape,
-      'augment': datasets.augment_name(data_cfg),
-      'in_memory': datasets.in_memory(data_cfg),
-      'label_source': data_cfg.label_source,
-      'label_noise': float(data_cfg.label_noise),
-      'flipped_fraction': float(plan[0].mean()) if plan is not None else 0.0,
-  }
+def make_train_iterator(data_cfg: ml_collections.ConfigDict, **kwargs) -> grain.DatasetIterator:
+  """``DataPlan(data_cfg).train_iterator(**kwargs)``, for a single iterator."""
+  return DataPlan(data_cfg).train_iterator(**kwargs)
+
+
+def make_eval_iterator(data_cfg: ml_collections.ConfigDict, **kwargs) -> grain.IterDataset:
+  """``DataPlan(data_cfg).eval_iterator(**kwargs)``, for a single iterator."""
+  return DataPlan(data_cfg).eval_iterator(**kwargs)
 
 
 def measure_throughput(data_cfg: ml_collections.ConfigDict, global_batch_size: int,
@@ -314,7 +365,7 @@ def measure_throughput(data_cfg: ml_collections.ConfigDict, global_batch_size: i
   Building the iterator (decoding a small dataset into memory) and the first
   batch (worker start-up) are not timed.
   """
-  iterator = make_train_iterator(data_cfg, global_batch_size=global_batch_size, seed=seed)
+  iterator = DataPlan(data_cfg).train_iterator(global_batch_size=global_batch_size, seed=seed)
   try:
     batch = next(iterator)
     start = time.perf_counter()

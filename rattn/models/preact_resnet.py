@@ -29,9 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rattn.models.layers import PreActBottleneck, batch_norm, conv, make_attention, pad_same
-from rattn.models.registry import register_model
-from rattn.models.resnet import AttentionKwargs, model_constructor, per_stage_attention_kwargs
+from rattn.models.layers import (PreActBottleneck, batch_norm, classifier, conv, make_attention,
+                                 pad_same)
+from rattn.models.resnet import AttentionKwargs, per_stage_attention_kwargs, register_network
 
 
 class PreActBasicBlock(nn.Module):
@@ -107,9 +107,7 @@ class PreActResNet(nn.Module):
     # Pre-activation units end on an addition: the last BN-ReLU comes after the stages.
     x = nn.relu(batch_norm(train, self.dtype, self.param_dtype)(name='final_bn')(x))
     self.sow('intermediates', 'features', x)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier(x, self.num_classes, self.dtype, self.param_dtype)
 
 
 PreActResNet20 = functools.partial(PreActResNet, depth=20)
@@ -123,11 +121,11 @@ _HE2015_NOTE = ('figures of the 2015 post-activation nets, whose identity shortc
                 'the new channels; these 1x1 projections add 2,560 params')
 _HE2016 = 'He et al. 2016'
 
-register_model('preact_resnet20', model_constructor(PreActResNet20), **_CIFAR,
-               paper_params=0.27e6, source=_HE2015, note=_HE2015_NOTE)
-register_model('preact_resnet56', model_constructor(PreActResNet56), **_CIFAR,
-               paper_params=0.85e6, source=_HE2015, note=_HE2015_NOTE)
-register_model('preact_resnet110', model_constructor(PreActResNet110), **_CIFAR,
-               paper_params=1.7e6, source=_HE2016)
-register_model('preact_resnet164', model_constructor(PreActResNet164), **_CIFAR,
-               paper_params=1.7e6, source=_HE2016)
+register_network('preact_resnet20', PreActResNet20, **_CIFAR,
+                 paper_params=0.27e6, source=_HE2015, note=_HE2015_NOTE)
+register_network('preact_resnet56', PreActResNet56, **_CIFAR,
+                 paper_params=0.85e6, source=_HE2015, note=_HE2015_NOTE)
+register_network('preact_resnet110', PreActResNet110, **_CIFAR,
+                 paper_params=1.7e6, source=_HE2016)
+register_network('preact_resnet164', PreActResNet164, **_CIFAR,
+                 paper_params=1.7e6, source=_HE2016)

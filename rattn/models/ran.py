@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rattn.attention.common import record
-from rattn.models.layers import PreActBottleneck, conv, pad_same
+from rattn.models.layers import PreActBottleneck, classifier, conv, pad_same
 from rattn.models.registry import register_model
 from rattn.norm import batch_norm
 
@@ -80,9 +80,8 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   the same gradients where a window has no tied maxima (at a tie the gradient
   is split among the tied inputs instead of given to one: both are valid
   subgradients; tests), computed by elementwise selects. XLA:CPU lowers ``reduce_window``'s
-  gradient to a reduce-window that tracks argmax indices plus a scatter; in a
-  profile of the Attention-56 (CIFAR) train step those took ~10% of the op time
-  (README, benchmarks).
+  gradient to a reduce-window that tracks argmax indices plus a scatter; what
+  that cost and what the change gained are measured in ``benchmarks/README.md``.
   """
   return _max_pool_axis(_max_pool_axis(x, 1, window, stride), 2, window, stride)
 
@@ -259,9 +258,7 @@ class ResidualAttentionNetwork(nn.Module):
   (and masks) are then stacked along a leading axis under
   ``stage{s}_attentions``. What each option costs and saves (compile time,
   XLA temporaries, peak memory, step time) is measured for Attention-452 in
-  ``benchmarks/README.md`` (``python -m experiments.bench``): on XLA:CPU scan
-  compiles 5.6x faster with a third of the memory but steps 4x slower, and
-  remat saves XLA temporaries only together with scan.
+  ``benchmarks/README.md`` (``python -m experiments.bench``).
   """
   num_classes: int
   modules_per_stage: Sequence[int]
@@ -328,9 +325,7 @@ class ResidualAttentionNetwork(nn.Module):
       x = unit(final_width, strides=self.final_strides if i == 1 else 1,
                name=f'stage{len(self.stage_widths) + 1}_unit{i}')(x, train)
     x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='classifier')(x)
+    return classifier(x, self.num_classes, self.dtype, self.param_dtype, name='classifier')
 
 
 def _scan_modules(module: nn.Module, x: jax.Array, train: bool, length: int) -> jax.Array:

@@ -1,8 +1,11 @@
 """The model registry: ``create_model(name, num_classes=..., **kwargs)``.
 
 Training code knows models only through these names. Every model is a Flax module
-called as ``model(images, train=bool)`` on NHWC float images, returning logits,
-with BatchNorm statistics in the ``batch_stats`` collection.
+called as ``model(images, train=bool)`` on NHWC float images, returning float32
+logits whatever the compute dtype (``layers.classifier``), with BatchNorm
+statistics in the ``batch_stats`` collection. ``MODELS.entry(name)`` records
+the class behind each name, its module and family and the keyword arguments it
+accepts.
 """
 
 from __future__ import annotations

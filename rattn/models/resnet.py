@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from rattn.attention import ATTENTIONS
-from rattn.models.layers import batch_norm, conv, make_attention, pad_same
+from rattn.models.layers import batch_norm, classifier, conv, make_attention, pad_same
 from rattn.models.registry import register_model
 
 AttentionKwargs = Optional[Mapping[str, Any]]
@@ -160,10 +160,7 @@ class ResNet(nn.Module):
             dtype=self.dtype, param_dtype=self.param_dtype,
             name=f'stage{i + 1}_block{j + 1}')(x, train=train)
     self.sow('intermediates', 'features', x)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
-    # float32 logits keep the softmax cross-entropy stable under bfloat16 compute.
-    return jnp.asarray(x, jnp.float32)
+    return classifier(x, self.num_classes, self.dtype, self.param_dtype)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
@@ -196,14 +193,12 @@ def model_constructor(module: Callable[..., nn.Module]) -> Callable[..., nn.Modu
     if kwargs.get('attention'):
       ATTENTIONS.get(kwargs['attention'])  # unknown names fail here, listing the valid ones
     return module(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
-
-  # Name the module that defines the network (not this one) as the constructor's home,
-  # so that tools can group registered models by file.
-  cls = module
-  while isinstance(cls, functools.partial):
-    cls = cls.func
-  build.__module__, build.__doc__ = cls.__module__, cls.__doc__
   return build
+
+
+def register_network(name: str, module: Callable[..., nn.Module], **info) -> None:
+  """Registers ``module`` through ``model_constructor``; the entry records its class."""
+  register_model(name, model_constructor(module), builds=module, **info)
 
 
 _IMAGENET = dict(dataset='imagenet', image_size=224, num_classes=1000)
@@ -213,32 +208,32 @@ _HE = 'He et al. 2015 (MACs); torchvision (params)'
 _V1_NOTE = ('the papers count the v1 layout (stride on the first 1x1); this v1.5 layout '
             'strides the 3x3 and costs ~0.23 G more multiply-adds')
 
-register_model('resnet18', model_constructor(ResNet18), **_IMAGENET,
-               paper_params=11.7e6, paper_macs=1.8e9, source=_HE)
-register_model('resnet34', model_constructor(ResNet34), **_IMAGENET,
-               paper_params=21.8e6, paper_macs=3.6e9, source=_HE)
-register_model('resnet50', model_constructor(ResNet50), **_IMAGENET,
-               paper_params=25.6e6, paper_macs=3.8e9, source=_HE, note=_V1_NOTE)
-register_model('resnet101', model_constructor(ResNet101), **_IMAGENET,
-               paper_params=44.5e6, paper_macs=7.6e9, source=_HE, note=_V1_NOTE)
-register_model('resnet152', model_constructor(ResNet152), **_IMAGENET,
-               paper_params=60.2e6, paper_macs=11.3e9, source=_HE, note=_V1_NOTE)
+register_network('resnet18', ResNet18, **_IMAGENET,
+                 paper_params=11.7e6, paper_macs=1.8e9, source=_HE)
+register_network('resnet34', ResNet34, **_IMAGENET,
+                 paper_params=21.8e6, paper_macs=3.6e9, source=_HE)
+register_network('resnet50', ResNet50, **_IMAGENET,
+                 paper_params=25.6e6, paper_macs=3.8e9, source=_HE, note=_V1_NOTE)
+register_network('resnet101', ResNet101, **_IMAGENET,
+                 paper_params=44.5e6, paper_macs=7.6e9, source=_HE, note=_V1_NOTE)
+register_network('resnet152', ResNet152, **_IMAGENET,
+                 paper_params=60.2e6, paper_macs=11.3e9, source=_HE, note=_V1_NOTE)
 
-register_model('se_resnet50', model_constructor(SEResNet50), **_IMAGENET, backbone='resnet50',
-               paper_params=28.1e6, paper_macs=3.87e9, source='Hu et al. 2018 (SE)',
-               note=_V1_NOTE)
-register_model('cbam_resnet50', model_constructor(CBAMResNet50), **_IMAGENET,
-               backbone='resnet50', paper_params=28.09e6, paper_macs=3.864e9,
-               source='Woo et al. 2018 (CBAM)', note=_V1_NOTE)
+register_network('se_resnet50', SEResNet50, **_IMAGENET, backbone='resnet50',
+                 paper_params=28.1e6, paper_macs=3.87e9, source='Hu et al. 2018 (SE)',
+                 note=_V1_NOTE)
+register_network('cbam_resnet50', CBAMResNet50, **_IMAGENET,
+                 backbone='resnet50', paper_params=28.09e6, paper_macs=3.864e9,
+                 source='Woo et al. 2018 (CBAM)', note=_V1_NOTE)
 _ECA_NOTE = ('the ECA paper and its release list ResNet-50 itself as 24.37M, below the '
              '25.56M that its own code builds; its figure for the module alone (80) is exact')
-register_model('eca_resnet50', model_constructor(ECAResNet50), **_IMAGENET, backbone='resnet50',
-               source='Wang et al. 2020 (ECA)',
-               note="k(C) = 5, 5, 5, 7 per stage by the paper's formula; the paper gives "
-               'figures only for the released k = 3, 5, 5, 7')
-register_model('eca_resnet50_official', model_constructor(ECAResNet50Official), **_IMAGENET,
-               backbone='resnet50', paper_params=24.37e6, paper_macs=3.86e9,
-               paper_added_params=80, source='Wang et al. 2020 (ECA)', note=_ECA_NOTE)
-register_model('sge_resnet50', model_constructor(SGEResNet50), **_IMAGENET, backbone='resnet50',
-               paper_params=25.56e6, paper_macs=4.127e9, paper_added_params=2048,
-               source='Li et al. 2019 (SGE)')
+register_network('eca_resnet50', ECAResNet50, **_IMAGENET, backbone='resnet50',
+                 source='Wang et al. 2020 (ECA)',
+                 note="k(C) = 5, 5, 5, 7 per stage by the paper's formula; the paper gives "
+                 'figures only for the released k = 3, 5, 5, 7')
+register_network('eca_resnet50_official', ECAResNet50Official, **_IMAGENET,
+                 backbone='resnet50', paper_params=24.37e6, paper_macs=3.86e9,
+                 paper_added_params=80, source='Wang et al. 2020 (ECA)', note=_ECA_NOTE)
+register_network('sge_resnet50', SGEResNet50, **_IMAGENET, backbone='resnet50',
+                 paper_params=25.56e6, paper_macs=4.127e9, paper_added_params=2048,
+                 source='Li et al. 2019 (SGE)')

@@ -24,10 +24,12 @@ def abstract_variables(model, input_shape: Sequence[int]):
                         jax.random.key(0), x)
 
 
-def count_params(model, input_shape: Sequence[int] = (1, 224, 224, 3), variables=None) -> int:
+def count_params(model=None, input_shape: Sequence[int] = (1, 224, 224, 3),
+                 variables=None) -> int:
   """Trainable parameters (the ``params`` collection; BatchNorm statistics excluded).
 
-  ``variables`` (concrete or abstract) skips tracing ``init`` again when at hand.
+  ``variables`` (concrete or abstract, e.g. a train state's) skips tracing
+  ``model.init`` when at hand; ``model`` is then not needed.
   """
   if variables is None:
     variables = abstract_variables(model, input_shape)

@@ -1,31 +1,31 @@
-"""Training: train state, jitted and sharded steps, the loop, checkpoints, metrics.
+"""Training: the run plan, train state, jitted and sharded steps, the loop, checkpoints.
 
     from rattn import train
     metrics = train.train_and_evaluate(config, workdir)        # train (or resume) a config
     model, variables, config = train.load_trained(workdir)     # best checkpoint, for inference
-    state, train_step = train.create_train_and_step(config)    # benchmarks: no data touched
+    plan = train.make_plan(config, image_shape=(32, 32, 3), num_classes=10)  # no data read
+    state, train_step = plan.init_state(), plan.train_step()   # e.g. for benchmarks
 
 Lower-level pieces for custom loops: ``make_mesh`` / ``shard_batch`` (1-D data
-mesh, global batches), ``build_model``, ``init_train_state`` /
-``create_train_state``, ``make_train_step`` / ``make_eval_step``, ``Checkpointer``.
+mesh, global batches), ``create_train_state``, ``make_train_step`` /
+``make_eval_step`` / ``evaluate``, ``Checkpointer``; the workdir's files are
+named in ``rattn.train.workdir``.
 """
 
-from rattn.train.build import (ConfigError, build_model, check_batch_sizes, check_config,
-                               create_train_and_step, init_train_state, make_tx)
 from rattn.train.checkpoint import CheckpointError, Checkpointer
 from rattn.train.optim import make_lr_schedule, make_optimizer
-from rattn.train.state import (TrainState, abstract_train_state, batch_sharded,
+from rattn.train.plan import ConfigError, RunPlan, check_config, make_plan
+from rattn.train.state import (RunKeys, TrainState, abstract_train_state, batch_sharded,
                                create_train_state, make_mesh, replicated, shard_batch)
-from rattn.train.steps import make_eval_step, make_train_step
+from rattn.train.steps import evaluate, make_eval_step, make_train_step
 from rattn.train.trained import evaluate_workdir, load_trained
-from rattn.train.trainer import TrainingDiverged, TrainingPreempted, evaluate, train_and_evaluate
+from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
 
 __all__ = [
-    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged',
-    'TrainingPreempted',
-    'abstract_train_state', 'batch_sharded', 'build_model', 'check_batch_sizes',
-    'check_config', 'create_train_and_step', 'create_train_state', 'evaluate',
-    'evaluate_workdir', 'init_train_state', 'load_trained', 'make_eval_step',
-    'make_lr_schedule', 'make_mesh', 'make_optimizer', 'make_train_step', 'make_tx',
-    'replicated', 'shard_batch', 'train_and_evaluate',
+    'CheckpointError', 'Checkpointer', 'ConfigError', 'RunKeys', 'RunPlan', 'TrainState',
+    'TrainingDiverged', 'TrainingPreempted',
+    'abstract_train_state', 'batch_sharded', 'check_config', 'create_train_state', 'evaluate',
+    'evaluate_workdir', 'load_trained', 'make_eval_step', 'make_lr_schedule', 'make_mesh',
+    'make_optimizer', 'make_plan', 'make_train_step', 'replicated', 'shard_batch',
+    'train_and_evaluate',
 ]

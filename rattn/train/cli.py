@@ -1,10 +1,15 @@
-"""What the ``experiments`` command lines share: distributed flags and clear failures.
+"""What the ``experiments`` command lines share: one flag convention and clear failures.
 
-``run(main)`` replaces ``absl.app.run(main)``: it turns a misspelt
-``--config.x.y=...`` override into a one-line flag error that names the field and
-suggests the right one (instead of a traceback), and turns the errors a user
-can fix (config, checkpoint, data, divergence) into one clear message and exit
-status 1. A run stopped by SIGTERM (its checkpoint saved) exits with 143.
+Every command is an absl app (flags, ``--helpshort``) run with ``run(main)``
+instead of ``absl.app.run(main)``: a misspelt ``--config.x.y=...`` override
+becomes a one-line flag error that names the field and suggests the right one
+(instead of a traceback), and the errors a user can fix (a bad flag, config,
+checkpoint, data, divergence) end in one clear message and exit status 1. A run
+stopped by SIGTERM (its checkpoint saved) exits with 143. ``call(main, argv)``
+runs a command's main the same way inside this process (tests, notebooks).
+
+``train_main`` is the main of both training commands, ``experiments.cifar`` and
+``experiments.imagenet``.
 """
 
 from __future__ import annotations
@@ -12,17 +17,24 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Callable, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from rattn.data import DatasetNotFoundError
 from rattn.train import distributed
-from rattn.train.build import ConfigError
 from rattn.train.checkpoint import CheckpointError
-from rattn.train.trainer import TrainingDiverged, TrainingPreempted
+from rattn.train.plan import ConfigError
+from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
 
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, experiments/configs/NAME.py[:ARG]; fields can be '
+    'overridden with --config.FIELD=VALUE.', lock_config=True)
+WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'The run\'s directory: checkpoints and metrics (rerun with it to '
+    'resume); what experiments.evaluate and experiments.visualize read.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', distributed.MODES,
     "Multi-process start-up: 'auto' initialises jax.distributed when the flags below, "
@@ -93,17 +105,53 @@ class _HideLibraryInfo(logging.Filter):
             or not any(lib in record.pathname for lib in self._LIBRARIES))
 
 
-def run(main: Callable[[List[str]], None]) -> None:
-  """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
-  def guarded(argv: List[str]) -> None:
+def require(*names: str) -> None:
+  """Fails with a usage error unless every flag in ``names`` was given."""
+  missing = [f'--{n}' for n in names if flags.FLAGS[n].value is None]
+  if missing:
+    raise app.UsageError(f'{", ".join(missing)} must be given.')
+
+
+_USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, DatasetNotFoundError,
+                FileNotFoundError, app.UsageError)
+
+
+def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
+  def guarded(argv: List[str]) -> Any:
     try:
-      main(argv)
+      return main(argv)
     except TrainingPreempted as e:
       sys.stderr.write(f'{e}\n')
       sys.exit(PREEMPTED_EXIT_STATUS)
-    except (ConfigError, CheckpointError, TrainingDiverged, DatasetNotFoundError,
-            FileNotFoundError) as e:
-      sys.exit(f'ERROR ({type(e).__name__}): {e}')
+    except _USER_ERRORS as e:
+      name = 'flags' if isinstance(e, app.UsageError) else type(e).__name__
+      hint = ' (Pass --helpshort to see the flags.)' if isinstance(e, app.UsageError) else ''
+      sys.stderr.write(f'ERROR ({name}): {e}{hint}\n')
+      sys.exit(1)
 
+  return guarded
+
+
+def run(main: Callable[[List[str]], Any]) -> None:
+  """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
-  app.run(guarded, flags_parser=parse_flags)
+  app.run(_guarded(main), flags_parser=parse_flags)
+
+
+def call(main: Callable[[List[str]], Any], argv: Sequence[str]) -> Any:
+  """``main``'s result for the command-line arguments ``argv`` (no program name), in-process.
+
+  Flags are parsed anew (those not in ``argv`` take their defaults) and user
+  errors end as ``run`` ends them (a message on stderr, SystemExit 1).
+  """
+  flags.FLAGS.unparse_flags()
+  return _guarded(main)(parse_flags(['python', *argv]))
+
+
+def train_main(argv: List[str]) -> None:
+  """Trains (or resumes) ``--config`` in ``--workdir``: experiments.cifar and .imagenet."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  require('config', 'workdir')
+  initialize_distributed()
+  train_and_evaluate(_CONFIG.value, WORKDIR.value)

@@ -18,8 +18,7 @@ from typing import Dict, Optional
 import jax
 from absl import logging
 
-METRICS_FILE = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
+from rattn.train import workdir as workdir_files
 
 
 def _jsonable(value):
@@ -54,9 +53,8 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      workdir = pathlib.Path(workdir)
-      self._tb = SummaryWriter(str(workdir / TENSORBOARD_DIR))
-      self._jsonl = open(workdir / METRICS_FILE, 'a', buffering=1)
+      self._tb = SummaryWriter(str(workdir_files.tensorboard_dir(workdir)))
+      self._jsonl = open(workdir_files.metrics_file(workdir), 'a', buffering=1)
 
   def _record(self, step: int, split: str, values: Dict[str, float]) -> None:
     if not self.enabled:

@@ -9,6 +9,7 @@ global batch (sync-BN for free, no ``axis_name``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
@@ -20,6 +21,24 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKeys:
+  """The run's randomness, all derived here from ``config.seed``: one stream per use.
+
+  Kept exactly as the keys were before they were gathered here (the parameter
+  init and mixup keys are both ``jax.random.key(seed)``; mixup folds in the
+  step), so that saved checkpoints and results reproduce bit for bit.
+  """
+  params: jax.Array  # model initialisation
+  mixup: jax.Array  # folded with the step inside the train step
+  data: int  # the input pipeline's seed (shuffling and augmentation)
+
+  @classmethod
+  def from_seed(cls, seed: int) -> 'RunKeys':
+    return cls(params=jax.random.key(int(seed)), mixup=jax.random.key(int(seed)),
+               data=int(seed))
 
 
 class TrainState(train_state.TrainState):
@@ -57,11 +76,11 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
-             image_shape: Tuple[int, int, int], seed: int):
+             image_shape: Tuple[int, int, int], key: jax.Array):
 
   def init() -> TrainState:
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = model.init(jax.random.key(seed), dummy, train=False)
+    variables = model.init(key, dummy, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                              batch_stats=variables.get('batch_stats', {}))
 
@@ -70,14 +89,14 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        image_shape: Tuple[int, int, int], mesh: Mesh,
-                       seed: int = 0) -> TrainState:
+                       key: jax.Array) -> TrainState:
   """Initialises the model and optimiser directly into replicated device memory.
 
   Initialisation runs under ``jit`` with a replicated output sharding, so every
-  process computes the same parameters from ``seed`` and no host ever holds a
-  copy that must be broadcast.
+  process computes the same parameters from ``key`` (``RunKeys.params``) and no
+  host ever holds a copy that must be broadcast.
   """
-  return jax.jit(_init_fn(model, tx, image_shape, seed), out_shardings=replicated(mesh))()
+  return jax.jit(_init_fn(model, tx, image_shape, key), out_shardings=replicated(mesh))()
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
@@ -86,11 +105,7 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
   This is the target a checkpoint is restored into.
   """
-  shapes = jax.eval_shape(_init_fn(model, tx, image_shape, seed=0))
+  shapes = jax.eval_shape(_init_fn(model, tx, image_shape, jax.random.key(0)))
   sharding = replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       shapes)
-
-
-def count_params(params: Any) -> int:
-  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -9,7 +9,7 @@ adds the all-reduces. The state is donated so its buffers are reused in place.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Iterable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from rattn.train.state import TrainState, batch_sharded, replicated
+from rattn.train.state import TrainState, batch_sharded, replicated, shard_batch
 
 Metrics = Dict[str, jax.Array]
 
@@ -42,12 +42,14 @@ def mixup(key: jax.Array, alpha: float, images: jax.Array) -> Tuple[jax.Array, j
   return mixed.astype(images.dtype), lam
 
 
-def make_train_step(config: ml_collections.ConfigDict,
-                    mesh: Mesh) -> Callable[[TrainState, dict], Tuple[TrainState, Metrics]]:
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                    mixup_key: jax.Array) -> Callable[[TrainState, dict],
+                                                      Tuple[TrainState, Metrics]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
-  The model is the state's ``apply_fn``; ``config`` supplies ``label_smoothing``,
-  ``mixup_alpha`` and ``seed`` (mixup's randomness is folded from it and the step).
+  The model is the state's ``apply_fn``; ``config`` supplies ``label_smoothing``
+  and ``mixup_alpha``; mixup's randomness is ``mixup_key`` (``RunKeys.mixup``)
+  folded with the step.
 
   ``batch`` holds global arrays ``image`` [B, H, W, C] and ``label`` [B] sharded
   on the leading axis. ``metrics`` are replicated scalars: ``loss`` (the
@@ -57,21 +59,18 @@ def make_train_step(config: ml_collections.ConfigDict,
   """
   label_smoothing = float(config.label_smoothing)
   mixup_alpha = float(config.mixup_alpha)
-  base_key = jax.random.key(int(config.seed))
 
   def train_step(state: TrainState, batch: dict) -> Tuple[TrainState, Metrics]:
     images, labels = batch['image'], batch['label']
     lam = None
     if mixup_alpha > 0:
-      key = jax.random.fold_in(base_key, state.step)
+      key = jax.random.fold_in(mixup_key, state.step)
       images, lam = mixup(key, mixup_alpha, images)
 
     def loss_fn(params):
       logits, updates = state.apply_fn(
           {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
           mutable=['batch_stats'])
-      # The loss is computed in float32 whatever the compute dtype.
-      logits = logits.astype(jnp.float32)
       targets = soft_targets(labels, logits.shape[-1], label_smoothing)
       if lam is not None:
         targets = lam * targets + (1.0 - lam) * jnp.roll(targets, 1, axis=0)
@@ -105,7 +104,6 @@ def make_eval_step(mesh: Mesh) -> Callable[[TrainState, dict], Metrics]:
     labels = batch['label']
     mask = batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones(labels.shape)
     logits = state.apply_fn(state.variables(), batch['image'], train=False)
-    logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     top5 = jnp.argsort(logits, axis=-1)[:, -5:]
     return {
@@ -117,3 +115,22 @@ def make_eval_step(mesh: Mesh) -> Callable[[TrainState, dict], Metrics]:
 
   return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=replicated(mesh))
+
+
+def evaluate(eval_step, state: TrainState, eval_data: Iterable[dict], mesh: Mesh) -> Dict[str, float]:
+  """Accuracy, top-5 accuracy and mean loss over one pass of ``eval_data`` (padding masked out).
+
+  ``eval_data`` is a ``DataPlan``'s eval iterator; it is built once (small
+  datasets decode into memory then) and iterated at every eval.
+  """
+  sums = None
+  for batch in eval_data:
+    out = eval_step(state, shard_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  if sums is None:
+    raise ValueError('The eval split is empty.')
+  sums = jax.device_get(sums)
+  count = float(sums['count'])
+  return {'accuracy': float(sums['correct']) / count,
+          'top5_accuracy': float(sums['correct_top5']) / count,
+          'loss': float(sums['loss']) / count, 'count': int(count)}

@@ -1,13 +1,13 @@
 """Using a trained workdir: load the model for inference, or evaluate it on a split.
 
-A workdir holds ``config.json`` and ``dataset_info.json`` (written when training
-starts) and ``checkpoints/``; that is all these functions read, besides the
-eval data for ``evaluate_workdir``.
+A workdir holds the run files (``rattn.train.workdir``: the config and the
+dataset info written when training starts) and the checkpoints; that is all
+these functions read, besides the eval data for ``evaluate_workdir``. The run
+is assembled by ``make_plan`` from the recorded shapes, reading no data.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Dict, Optional, Tuple
 
@@ -15,41 +15,31 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from rattn.train.build import build_model, init_train_state
+from rattn import data
+from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer, CheckpointError
+from rattn.train.plan import RunPlan, make_plan
 from rattn.train.state import TrainState, make_mesh
-from rattn.train.steps import make_eval_step
-from rattn.train.trainer import CHECKPOINT_DIR, CONFIG_FILE, DATASET_INFO_FILE, evaluate
-
-
-def _read_workdir(workdir: pathlib.Path) -> Tuple[ml_collections.ConfigDict, Dict[str, Any]]:
-  config_path, info_path = workdir / CONFIG_FILE, workdir / DATASET_INFO_FILE
-  if not config_path.exists() or not info_path.exists():
-    raise FileNotFoundError(
-        f'{workdir} is not a training workdir: it lacks {CONFIG_FILE} or '
-        f'{DATASET_INFO_FILE}, which training writes when it starts. Pass the --workdir '
-        'that was given to experiments.cifar / experiments.imagenet.')
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  return config, json.loads(info_path.read_text())
+from rattn.train.steps import evaluate
 
 
 def _restore(workdir: pathlib.Path, step: Optional[int], mesh) -> Tuple[
-    nn.Module, TrainState, ml_collections.ConfigDict, Dict[str, Any], int]:
-  config, info = _read_workdir(workdir)
-  checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
+    RunPlan, TrainState, Dict[str, Any], int]:
+  config, info = workdir_files.read_run_files(workdir)
+  checkpoints = Checkpointer(workdir_files.checkpoint_dir(workdir), read_only=True)
   try:
     if not checkpoints.all_steps():
-      raise CheckpointError(f'{workdir / CHECKPOINT_DIR} holds no checkpoint yet: training '
+      raise CheckpointError(f'{checkpoints.directory} holds no checkpoint yet: training '
                             'saves the first one at config.checkpoint_every steps or the '
                             'first eval.')
     if step is None:
       step = checkpoints.best_step()
-    model = build_model(config, info['num_classes'])
-    abstract = init_train_state(config, model, tuple(info['image_shape']), mesh, abstract=True)
-    state = checkpoints.restore(step, abstract)
+    plan = make_plan(config, mesh, image_shape=tuple(info['image_shape']),
+                     num_classes=info['num_classes'])
+    state = checkpoints.restore(step, plan.abstract_state())
   finally:
     checkpoints.close()
-  return model, state, config, info, step
+  return plan, state, info, step
 
 
 def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
@@ -63,10 +53,11 @@ def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
   ``image_shape``, and ``config.restored_step`` the step loaded.
   """
   mesh = make_mesh(jax.local_devices()[:1])
-  model, state, config, info, step = _restore(pathlib.Path(workdir), step, mesh)
+  plan, state, info, step = _restore(pathlib.Path(workdir), step, mesh)
+  config = plan.config
   config.dataset_info = info
   config.restored_step = step
-  return model, state.variables(), config
+  return plan.model, state.variables(), config
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optional[str] = None,
@@ -80,10 +71,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
   training read its data from (recorded in the workdir) is used. The result
   also names the step, dataset and split it measured.
   """
-  from rattn import data  # pylint: disable=g-import-not-at-top
-  mesh = make_mesh()
-  _, state, config, info, step = _restore(pathlib.Path(workdir), step, mesh)
-  data_cfg = config.data
+  plan, state, info, step = _restore(pathlib.Path(workdir), step, make_mesh())
+  data_cfg = plan.config.data
   if dataset:
     data_cfg.dataset = dataset
   if data_dir:
@@ -92,12 +81,12 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
         and (not dataset or dataset == info['name'])):
     data_cfg.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
   split = split or data_cfg.eval_split
-  target = data.dataset_info(data_cfg)
-  if target.num_classes != info['num_classes']:
+  target = data.DataPlan(data_cfg)
+  if target.spec.num_classes != info['num_classes']:
     raise ValueError(f'The model was trained on {info["name"]} ({info["num_classes"]} '
-                     f'classes); {target.name} has {target.num_classes}: it cannot be '
-                     'evaluated there.')
-  batch_size = batch_size or int(config.eval_batch_size)
-  eval_data = data.make_eval_iterator(data_cfg, split=split, global_batch_size=batch_size)
-  metrics = evaluate(make_eval_step(mesh), state, eval_data, mesh)
-  return {**metrics, 'step': step, 'dataset': target.name, 'split': split}
+                     f'classes); {data_cfg.dataset} has {target.spec.num_classes}: it cannot '
+                     'be evaluated there.')
+  batch_size = batch_size or int(plan.config.eval_batch_size)
+  eval_data = target.eval_iterator(split=split, global_batch_size=batch_size)
+  metrics = evaluate(plan.eval_step(), state, eval_data, plan.mesh)
+  return {**metrics, 'step': step, 'dataset': data_cfg.dataset, 'split': split}

@@ -19,32 +19,26 @@ one step at which every process saves (orbax's ``reached_preemption``).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from rattn import data
-from rattn.train.build import (build_model, check_batch_sizes, check_config,
-                               init_train_state, make_tx)
+from rattn.models.summary import count_params
+from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer
 from rattn.train.metric_writer import MetricWriter
-from rattn.train.state import TrainState, count_params, make_mesh, shard_batch
-from rattn.train.steps import make_eval_step, make_train_step
-
-CONFIG_FILE = 'config.json'
-DATASET_INFO_FILE = 'dataset_info.json'
-CHECKPOINT_DIR = 'checkpoints'
+from rattn.train.plan import make_plan
+from rattn.train.state import shard_batch
+from rattn.train.steps import evaluate
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,25 +89,6 @@ def _sigterm_flag() -> Iterator[Callable[[], bool]]:
     signal.signal(signal.SIGTERM, previous)
 
 
-def evaluate(eval_step, state: TrainState, eval_data: Iterable[dict], mesh) -> Dict[str, float]:
-  """Accuracy, top-5 accuracy and mean loss over one pass of ``eval_data`` (padding masked out).
-
-  ``eval_data`` is what ``rattn.data.make_eval_iterator`` returns; it is built
-  once (small datasets decode into memory then) and iterated at every eval.
-  """
-  sums = None
-  for batch in eval_data:
-    out = eval_step(state, shard_batch(batch, mesh))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  if sums is None:
-    raise ValueError('The eval split is empty.')
-  sums = jax.device_get(sums)
-  count = float(sums['count'])
-  return {'accuracy': float(sums['correct']) / count,
-          'top5_accuracy': float(sums['correct_top5']) / count,
-          'loss': float(sums['loss']) / count, 'count': int(count)}
-
-
 def _divergence_message(step: int, values: Dict[str, float], last_good: Optional[int],
                         checkpoint_dir: pathlib.Path, config: ml_collections.ConfigDict) -> str:
   kept = (f'The last good checkpoint, step {last_good:,} in {checkpoint_dir}, is kept and '
@@ -146,33 +121,6 @@ def _first_non_finite(pending) -> Optional[Tuple[int, Dict[str, float]]]:
   return None
 
 
-def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                     info: Any) -> None:
-  """config.json and dataset_info.json, read back by load_trained and the evaluate CLI."""
-  config_path = workdir / CONFIG_FILE
-  new = json.loads(config.to_json_best_effort())
-  if config_path.exists():
-    old = json.loads(config_path.read_text())
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-      logging.warning('Resuming %s with a config that differs from the saved one in: %s. '
-                      'The new config is saved; the checkpoint is used as it is.',
-                      workdir, ', '.join(changed))
-  config_path.write_text(json.dumps(new, indent=2) + '\n')
-  info_dict = {'name': info.name, 'num_classes': int(info.num_classes),
-               'image_shape': [int(d) for d in info.image_shape],
-               'num_train': int(info.num_train), 'num_eval': int(info.num_eval),
-               'mean': [float(m) for m in np.ravel(info.mean)],
-               'std': [float(s) for s in np.ravel(info.std)]}
-  # The tfds dir the data came from (config or $TFDS_DATA_DIR), so that evaluating the run
-  # later finds the data without the environment it was trained in.
-  source_dir = data.data_dir(config.data)
-  if source_dir and '://' not in source_dir:  # gs://... and other URLs stay as they are
-    source_dir = os.path.abspath(os.path.expanduser(source_dir))
-  info_dict['data_dir'] = source_dir
-  (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
 
@@ -191,12 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   is_primary = jax.process_index() == 0
 
   # ------------------------------------------------------------------ setup
-  check_config(config)
-  mesh = make_mesh()
-  check_batch_sizes(config, mesh.size, jax.process_count())
-  info = data.dataset_info(config.data)
-  model = build_model(config, info.num_classes)
-  image_shape = tuple(info.image_shape)
+  plan = make_plan(config)  # the config is checked once, here
+  mesh, info = plan.mesh, plan.data.info
   total_steps = int(config.num_train_steps)
   if is_primary:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -207,35 +151,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
     sigterm = cleanup.enter_context(_sigterm_flag())
     # ---------------------------------------------------------------- input
-    train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                          seed=int(config.seed))
+    train_iter = plan.data.train_iterator(global_batch_size=config.batch_size,
+                                          seed=plan.keys.data)
     cleanup.callback(train_iter.close)  # stops grain's reader threads / worker processes
-    eval_data = data.make_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
-    description = data.describe(config.data)
+    eval_data = plan.data.eval_iterator(global_batch_size=config.eval_batch_size)
+    description = plan.data.describe()
     logging.info('Data: %s', description)
 
     # ---------------------------------------------------------------- model, state, resume
-    checkpoints = Checkpointer(workdir / CHECKPOINT_DIR, keep=int(config.keep_checkpoints))
+    checkpoints = Checkpointer(workdir_files.checkpoint_dir(workdir),
+                               keep=int(config.keep_checkpoints))
     cleanup.callback(checkpoints.close)  # waits for the last save to land
     latest = checkpoints.latest_step()
     if latest is None:
-      state = init_train_state(config, model, image_shape, mesh)
+      state = plan.init_state()
     else:
-      abstract = init_train_state(config, model, image_shape, mesh, abstract=True)
-      state = checkpoints.restore(latest, abstract, train_iter)
+      state = checkpoints.restore(latest, plan.abstract_state(), train_iter)
       logging.info('Resumed from the checkpoint at step %d in %s.', latest,
                    checkpoints.directory)
     start_step = latest or 0
     if is_primary:
-      _write_run_files(workdir, config, info)
-    num_params = count_params(state.params)
+      workdir_files.write_run_files(workdir, config, info, data.data_dir(config.data))
+    num_params = count_params(variables=state.variables())
     logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
-                 f'{num_params:,}', info.name, image_shape, info.num_classes)
-    _, schedule = make_tx(config)
+                 f'{num_params:,}', info.name, plan.image_shape, info.num_classes)
 
     # ---------------------------------------------------------------- steps
-    train_step = make_train_step(config, mesh)
-    eval_step = make_eval_step(mesh)
+    train_step = plan.train_step()
+    eval_step = plan.eval_step()
 
     # ---------------------------------------------------------------- loop
     writer = MetricWriter(workdir, total_steps=total_steps, start_step=start_step,
@@ -272,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         stop_if_diverged(pending)
         train_metrics = _mean_metrics(pending)
         pending = []
-        writer.write_train(step, train_metrics, lr=float(schedule(step - 1)))
+        writer.write_train(step, train_metrics, lr=float(plan.schedule(step - 1)))
 
       run_eval = step % config.eval_every == 0 or is_last
       if run_eval or step % config.checkpoint_every == 0 or preempted:

@@ -1,0 +1,190 @@
+"""A run's plan: the config validated once, and everything a run derives from it.
+
+    plan = make_plan(config)            # checks, model, optimiser and schedule, data, keys
+    state = plan.init_state()           # or plan.abstract_state(), a checkpoint's target
+    train_step, eval_step = plan.train_step(), plan.eval_step()
+
+The trainer, evaluation of a saved run (``rattn.train.trained``), the benchmark
+and visualisation all assemble a run here. Every mistake a config can hold is
+caught before any step is compiled and reported as a ``ConfigError`` that names
+the field, the bad value and what would work. A model that fails to initialise
+for a reason that is not provably the config's is left to fail as it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from rattn import data
+from rattn.models import MODELS, create_model
+from rattn.train import optim
+from rattn.train.state import (RunKeys, TrainState, abstract_train_state, create_train_state,
+                               make_mesh)
+from rattn.train.steps import make_eval_step, make_train_step
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class ConfigError(ValueError):
+  """The config asks for something that cannot run; the message says what to change."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields that need no model, data or devices."""
+  if config.dtype not in DTYPES:
+    raise ConfigError(f'config.dtype={config.dtype!r} is not supported; use one of '
+                      f'{sorted(DTYPES)} (parameters are always float32).')
+  if config.schedule.name not in optim.SCHEDULES:
+    raise ConfigError(f'config.schedule.name={config.schedule.name!r} is not a schedule; '
+                      f'use one of {optim.SCHEDULES}.')
+  if config.optimizer.name not in optim.OPTIMIZERS:
+    raise ConfigError(f'config.optimizer.name={config.optimizer.name!r} is not supported; '
+                      f'use one of {optim.OPTIMIZERS}.')
+  for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'log_every',
+                'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    if int(config[field]) < 1:
+      raise ConfigError(f'config.{field}={config[field]} must be a positive integer.')
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f'config.label_smoothing={config.label_smoothing} must be in [0, 1).')
+  if config.mixup_alpha < 0:
+    raise ConfigError(f'config.mixup_alpha={config.mixup_alpha} must be >= 0 (0 disables it).')
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Global batches must split evenly over devices (and hence over processes)."""
+  for field in ('batch_size', 'eval_batch_size'):
+    try:
+      data.split_batch(config[field], num_devices, 'device', name=f'config.{field}',
+                       flag=f'--config.{field}=')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+def _build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The registered ``config.model`` with ``config.model_kwargs`` and the compute dtype."""
+  try:
+    entry = MODELS.entry(config.model)
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
+  # Plain dicts all the way down: nested kwargs (e.g. attention_kwargs) reach the modules.
+  kwargs = config.model_kwargs.to_dict()
+  unknown = [k for k in kwargs if entry.fields and k not in entry.fields]
+  if unknown:
+    raise ConfigError(f'config.model_kwargs={kwargs} do not fit model {config.model!r}: '
+                      f'unexpected keyword argument {unknown[0]!r}. It accepts: '
+                      f'{", ".join(entry.fields)}.')
+  try:
+    return create_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype],
+                        **kwargs)
+  except (ValueError, TypeError) as e:  # constructors only bind and check their arguments
+    raise ConfigError(f'config.model_kwargs={kwargs} are not valid for model '
+                      f'{config.model!r}: {e}') from e
+
+
+def _initialises(model: nn.Module, image_shape: Tuple[int, ...]) -> bool:
+  """Whether shape-only initialisation of ``model`` on one such image succeeds (a probe)."""
+  try:
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)),
+                                      train=False))
+  except Exception:  # pylint: disable=broad-except  # any failure answers the question
+    return False
+  return True
+
+
+def _config_fault(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
+                  image_shape: Tuple[int, int, int], error: Exception) -> Optional[ConfigError]:
+  """A ConfigError if the config provably made initialisation fail, else None.
+
+  Proof by elimination: the failure recurs in shape-only initialisation (it is
+  not, e.g., device memory), and goes away without the config's
+  ``model_kwargs`` (they are at fault) or at the model's registered input size
+  (the data's image size is).
+  """
+  if _initialises(model, image_shape):
+    return None
+  kwargs = config.model_kwargs.to_dict()
+  failure = (f'Model {config.model!r} with model_kwargs={kwargs} fails to initialise on '
+             f'images of shape {tuple(image_shape)} (height, width, channels): '
+             f'{type(error).__name__}: {error}')
+  if kwargs and _initialises(
+      create_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype]),
+      image_shape):
+    return ConfigError(f'{failure} (Without model_kwargs it initialises: change them.)')
+  size = MODELS.info(config.model).get('image_size')
+  if (size and tuple(image_shape[:2]) != (size, size)
+      and _initialises(model, (size, size, image_shape[2]))):
+    return ConfigError(
+        f'{failure} (It was designed for {size}x{size} images; the data gives '
+        f'{image_shape[0]}x{image_shape[1]}: set --config.data.image_size={size} or pick a '
+        'model made for this input.)')
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """What a run is made of, derived once from a checked config."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  keys: RunKeys
+  data: Optional[data.DataPlan]  # None where the shapes were given (no data opened)
+
+  def _initialise(self, init: Callable[[], Any]) -> TrainState:
+    try:
+      return init()
+    except Exception as e:  # pylint: disable=broad-except  # re-raised unless the config's
+      fault = _config_fault(self.config, self.model, self.num_classes, self.image_shape, e)
+      if fault is None:
+        raise
+      raise fault from e
+
+  def init_state(self) -> TrainState:
+    """A fresh replicated train state (parameters from ``keys.params``)."""
+    return self._initialise(lambda: create_train_state(
+        self.model, self.tx, self.image_shape, self.mesh, self.keys.params))
+
+  def abstract_state(self) -> TrainState:
+    """The train state's shapes and shardings, computing nothing: a checkpoint's target."""
+    return self._initialise(lambda: abstract_train_state(
+        self.model, self.tx, self.image_shape, self.mesh))
+
+  def train_step(self):
+    return make_train_step(self.config, self.mesh, self.keys.mixup)
+
+  def eval_step(self):
+    return make_eval_step(self.mesh)
+
+
+def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
+              image_shape: Optional[Tuple[int, int, int]] = None,
+              num_classes: Optional[int] = None) -> RunPlan:
+  """Checks ``config`` once and derives the run's pieces; ``mesh`` defaults to all devices.
+
+  The image shape and class count come from the config's data (a
+  ``DataPlan``, which opens each split once), unless both are given: then no
+  data is opened (a saved run's recorded shapes, a benchmark's synthetic input).
+  """
+  check_config(config)
+  mesh = mesh if mesh is not None else make_mesh()
+  check_batch_sizes(config, mesh.size)
+  data_plan = None
+  if image_shape is None or num_classes is None:
+    data_plan = data.DataPlan(config.data)
+    image_shape, num_classes = data_plan.info.image_shape, data_plan.info.num_classes
+  schedule = optim.make_lr_schedule(config)
+  return RunPlan(config=config, mesh=mesh, model=_build_model(config, num_classes),
+                 tx=optim.make_optimizer(config, schedule), schedule=schedule,
+                 image_shape=tuple(image_shape), num_classes=int(num_classes),
+                 keys=RunKeys.from_seed(config.seed), data=data_plan)
