@@ -12,7 +12,7 @@ mesh, global batches), ``build_model``, ``init_train_state`` /
 
 from rattn.train.build import (ConfigError, build_model, check_batch_sizes, check_config,
                                create_train_and_step, init_train_state, make_tx)
-from rattn.train.checkpoint import CheckpointError, Checkpointer
+from rattn.train.checkpoint import CheckpointError, Checkpointer, DamagedCheckpointError
 from rattn.train.optim import make_lr_schedule, make_optimizer
 from rattn.train.state import (TrainState, abstract_train_state, batch_sharded,
                                create_train_state, make_mesh, replicated, shard_batch)
@@ -21,8 +21,8 @@ from rattn.train.trained import evaluate_workdir, load_trained
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, evaluate, train_and_evaluate
 
 __all__ = [
-    'CheckpointError', 'Checkpointer', 'ConfigError', 'TrainState', 'TrainingDiverged',
-    'TrainingPreempted',
+    'CheckpointError', 'Checkpointer', 'ConfigError', 'DamagedCheckpointError', 'TrainState',
+    'TrainingDiverged', 'TrainingPreempted',
     'abstract_train_state', 'batch_sharded', 'build_model', 'check_batch_sizes',
     'check_config', 'create_train_and_step', 'create_train_state', 'evaluate',
     'evaluate_workdir', 'init_train_state', 'load_trained', 'make_eval_step',
