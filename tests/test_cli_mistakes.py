@@ -100,3 +100,16 @@ def test_harmless_orbax_warnings_are_filtered_and_others_kept(tmp_path):
   finally:
     logging.getLogger('absl').removeHandler(handler)
   assert [r.msg for r in kept] == ['Item "%s" was found in the checkpoint']
+
+
+def test_closed_event_loop_errors_after_a_failed_restore_are_hidden_others_kept():
+  import types
+
+  from rattn.train import cli
+  shown = []
+  hook = cli._hide_closed_loop_errors(shown.append)  # pylint: disable=protected-access
+  closed = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
+  other = types.SimpleNamespace(exc_value=RuntimeError('something else'))
+  hook(closed)
+  hook(other)
+  assert shown == [other]

@@ -150,6 +150,16 @@ class _HideHarmlessWarnings(logging.Filter):
                 and any(str(record.msg).startswith(m) for m in self._MESSAGES))
 
 
+def _hide_closed_loop_errors(default_hook: Callable[[Any], None]) -> Callable[[Any], None]:
+  """sys.unraisablehook without the 'Event loop is closed' errors that tensorstore's late
+  callbacks raise after orbax has given up reading a damaged checkpoint (one per array)."""
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      default_hook(unraisable)
+  return hook
+
+
 def run(main: Callable[[List[str]], None]) -> None:
   """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   def guarded(argv: List[str]) -> None:
@@ -164,4 +174,5 @@ def run(main: Callable[[List[str]], None]) -> None:
 
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
   absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
+  sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
   app.run(guarded, flags_parser=parse_flags)
