@@ -1,12 +1,19 @@
 """Damaged checkpoints: detected on restore, moved aside by training, refused by evaluation."""
 
+import json
 import pathlib
+import shutil
 
 import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from rattn import train
+from rattn.train import trainer
 from train_worker import MOCK_EXAMPLES, register, tiny_config
 
 register()
@@ -71,31 +78,27 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_resume_matches_uninterrupt
   chex.assert_trees_all_equal(train.load_trained(str(tmp_path), step=4)[1], uninterrupted)
 
 
+def _replicated(tree):
+  return jax.device_put(tree, train.replicated(train.make_mesh()))
+
+
 def _state(scale: float):
-  import jax
-  import jax.numpy as jnp
-  mesh = train.make_mesh()
-  return jax.device_put({'w': scale * jnp.arange(16.0), 'b': {'c': jnp.ones((3, 3))}},
-                        train.replicated(mesh))
+  return _replicated({'w': scale * jnp.arange(16.0), 'b': {'c': jnp.ones((3, 3))}})
 
 
 def _abstract(state):
-  import jax
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       state)
 
 
 def _save_plain(directory, step, state):
   """A checkpoint as written before checksums existed: the state item alone."""
-  import orbax.checkpoint as ocp
   with ocp.CheckpointManager(directory) as manager:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_checksums_finiteness_and_old_checkpoints(tmp_path, caplog):
-  import shutil
-  import numpy as np
   state = _state(1.0)
   checkpoints = train.Checkpointer(tmp_path / 'checkpoints', keep=5)
   for step in (1, 2, 3, 4):
@@ -115,7 +118,8 @@ def test_checksums_finiteness_and_old_checkpoints(tmp_path, caplog):
   shutil.move(tmp_path / 'nan' / '2', tmp_path / 'checkpoints' / '2')
 
   reader = train.Checkpointer(tmp_path / 'checkpoints', read_only=True)
-  with pytest.raises(train.DamagedCheckpointError, match=r'step 4 .*1 of 2 arrays fail their checksum'):
+  with pytest.raises(train.DamagedCheckpointError,
+                     match=r'step 4 .*1 of 2 arrays fail their checksum'):
     reader.restore(4, _abstract(state))
   with pytest.raises(train.DamagedCheckpointError, match='step 3 .*metadata cannot be read'):
     reader.restore(3, _abstract(state))
@@ -131,7 +135,7 @@ def test_checksums_finiteness_and_old_checkpoints(tmp_path, caplog):
   checkpoints = train.Checkpointer(tmp_path / 'checkpoints', keep=5)
   with pytest.raises(train.CheckpointError, match=r"does not fit this config: w is "
                      r"float32\[16\] in the checkpoint but float32\[32\]"):
-    checkpoints.restore_latest_intact(_abstract(jax_put(wider)))
+    checkpoints.restore_latest_intact(_abstract(_replicated(wider)))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2', '3', '4']
 
   caplog.set_level('INFO')
@@ -153,11 +157,6 @@ def test_checksums_finiteness_and_old_checkpoints(tmp_path, caplog):
   old.close()
 
 
-def jax_put(tree):
-  import jax
-  return jax.device_put(tree, train.replicated(train.make_mesh()))
-
-
 def test_resumed_run_that_diverges_again_names_a_verified_step_and_the_way_back(tmp_path):
   config = tiny_config(num_train_steps=4, checkpoint_every=2, eval_every=4, log_every=2)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
@@ -175,8 +174,6 @@ def test_resumed_run_that_diverges_again_names_a_verified_step_and_the_way_back(
 
 
 def test_metrics_jsonl_keeps_one_row_per_step_across_a_resume(tmp_path, monkeypatch):
-  import json
-  from rattn.train import trainer
   config = tiny_config(num_train_steps=6, checkpoint_every=3, eval_every=100, log_every=1)
   real, calls = trainer.shard_batch, {'n': 0}
 

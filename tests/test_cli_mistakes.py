@@ -1,12 +1,22 @@
 """The command lines, as a user runs them: start-up SIGTERM, a missing dataset offline,
 a scalar given for a tuple field. Each mistake ends in one paragraph, never a traceback."""
 
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+import types
+from unittest import mock
+
+import pytest
+import tensorflow_datasets as tfds
+
+from rattn import data, train
+from rattn.data import datasets
+from rattn.train import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = [sys.executable, '-m', 'experiments.cifar', '--config', 'experiments/configs/tiny.py']
@@ -57,13 +67,6 @@ def test_missing_dataset_offline_fails_within_seconds(tmp_path):
 
 
 def test_auto_download_fails_at_once_when_the_network_does_not_answer(tmp_path, monkeypatch):
-  from unittest import mock
-
-  import pytest
-  import tensorflow_datasets as tfds
-
-  from rattn import data
-  from rattn.data import datasets
   monkeypatch.delenv('RATTN_DATA_DOWNLOAD')
   cfg = data.data_config()
   cfg.data_dir = str(tmp_path)
@@ -81,10 +84,6 @@ def test_auto_download_fails_at_once_when_the_network_does_not_answer(tmp_path, 
 
 
 def test_harmless_orbax_warnings_are_filtered_and_others_kept(tmp_path):
-  import logging
-
-  from rattn import train
-  from rattn.train import cli
   kept = []
   handler = logging.Handler()
   handler.emit = kept.append
@@ -103,9 +102,6 @@ def test_harmless_orbax_warnings_are_filtered_and_others_kept(tmp_path):
 
 
 def test_closed_event_loop_errors_after_a_failed_restore_are_hidden_others_kept():
-  import types
-
-  from rattn.train import cli
   shown = []
   hook = cli._hide_closed_loop_errors(shown.append)  # pylint: disable=protected-access
   closed = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
