@@ -34,6 +34,11 @@ def data_config() -> ml_collections.ConfigDict:
     shuffle: reshuffle the training data every epoch.
     cache_in_memory: 'auto' (small datasets yes, ImageNet no), 'true' or 'false':
       decode the split once into a uint8 array and augment whole batches with numpy.
+    download: what to do when the dataset is not prepared in the data dir: 'auto'
+      (prepare it with tfds if its manual files are in DIR/downloads/manual/ or the
+      network answers within seconds; otherwise fail at once), 'true' (always try)
+      or 'false' (never: fail at once). With 'auto', ``$RATTN_DATA_DOWNLOAD`` ('true'
+      or 'false'), when set, decides instead (e.g. for ``experiments.evaluate``).
   """
   return ml_collections.ConfigDict({
       'dataset': 'cifar10',
@@ -49,4 +54,5 @@ def data_config() -> ml_collections.ConfigDict:
       'prefetch': 4,
       'shuffle': True,
       'cache_in_memory': 'auto',
+      'download': 'auto',
   })

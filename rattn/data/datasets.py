@@ -3,7 +3,9 @@
 Reading goes through ``tfds`` data sources (array_record files, random access),
 which needs no TensorFlow. Only *preparing* a dataset that is not on disk yet
 runs tfds's stock builder, which does need TensorFlow; where TensorFlow is
-absent (accelerator machines) a missing dataset is one clear error instead.
+absent (accelerator machines), or where preparing cannot succeed (offline with
+no manual files: tfds would retry its downloads for minutes), a missing dataset
+is one clear error at once instead (``data.download`` says when to try).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import threading
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import ml_collections
@@ -51,6 +55,10 @@ class DatasetSpec:
     """Fixed-size images that fit in memory: batch-level numpy augmentation."""
     return self.native_size is not None
 
+
+# Where tfds fetches its files; offline, connecting fails fast and preparing is not tried.
+_NETWORK_PROBE = ('storage.googleapis.com', 443)
+_PROBE_SECONDS = 3.0
 
 _CIFAR10_FILES = 'the official archive cifar-10-binary.tar.gz'
 SPECS: Dict[str, DatasetSpec] = {
@@ -153,6 +161,43 @@ def _tensorflow_importable() -> bool:
   return True
 
 
+def _network_answers() -> bool:
+  """Whether a TCP connection to tfds's file host opens within a few seconds."""
+  answered = threading.Event()
+
+  def probe():  # in a thread: name resolution ignores socket timeouts
+    try:
+      socket.create_connection(_NETWORK_PROBE, timeout=_PROBE_SECONDS).close()
+      answered.set()
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(_PROBE_SECONDS)
+  return answered.is_set()
+
+
+def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional[str]:
+  """Why preparing the dataset here cannot succeed (None: try it), per ``data.download``."""
+  mode = str(data_cfg.get('download', 'auto')).lower()
+  if mode == 'auto':
+    mode = os.environ.get('RATTN_DATA_DOWNLOAD', 'auto').lower()
+  if mode not in ('auto', 'true', 'false'):
+    raise ValueError(f"data.download (or $RATTN_DATA_DOWNLOAD) must be 'auto', 'true' or "
+                     f"'false', got {mode!r}.")
+  if mode == 'false':
+    return 'and downloading is off (data.download=false)'
+  manual = os.path.join(root, 'downloads', 'manual')
+  if not (mode == 'true' or (os.path.isdir(manual) and os.listdir(manual))
+          or _network_answers()):
+    return ('and it cannot be downloaded: the network does not answer and '
+            f'{manual} holds no files (set --config.data.download=true to try anyway)')
+  if not _tensorflow_importable():  # last: importing TensorFlow takes seconds
+    return 'and TensorFlow, which preparing it needs, is not installed'
+  return None
+
+
 def _not_found_message(name: str, builder: Any, why: str) -> str:
   ds_spec = SPECS[name]
   root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
@@ -178,9 +223,10 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
   spec(data_cfg)
   builder = tfds.builder(name, data_dir=data_dir(data_cfg))
   if not builder.is_prepared():
-    if not _tensorflow_importable():
-      raise DatasetNotFoundError(_not_found_message(
-          name, builder, 'and TensorFlow, which preparing it needs, is not installed'))
+    why_not = _why_not_prepare(
+        data_cfg, os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))))
+    if why_not:
+      raise DatasetNotFoundError(_not_found_message(name, builder, why_not))
     _log.warning('Preparing %s in %s with tfds (array_record); this runs once.',
                  name, builder.data_dir)
     try:

@@ -12,7 +12,7 @@ mesh, global batches), ``create_train_state``, ``make_train_step`` /
 named in ``rattn.train.workdir``.
 """
 
-from rattn.train.checkpoint import CheckpointError, Checkpointer
+from rattn.train.checkpoint import CheckpointError, Checkpointer, DamagedCheckpointError
 from rattn.train.optim import make_lr_schedule, make_optimizer
 from rattn.train.plan import ConfigError, RunPlan, check_config, make_plan
 from rattn.train.state import (RunKeys, TrainState, abstract_train_state, batch_sharded,
@@ -22,7 +22,7 @@ from rattn.train.trained import evaluate_workdir, load_trained
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
 
 __all__ = [
-    'CheckpointError', 'Checkpointer', 'ConfigError', 'RunKeys', 'RunPlan', 'TrainState',
+    'CheckpointError', 'Checkpointer', 'ConfigError', 'DamagedCheckpointError', 'RunKeys', 'RunPlan', 'TrainState',
     'TrainingDiverged', 'TrainingPreempted',
     'abstract_train_state', 'batch_sharded', 'check_config', 'create_train_state', 'evaluate',
     'evaluate_workdir', 'load_trained', 'make_eval_step', 'make_lr_schedule', 'make_mesh',

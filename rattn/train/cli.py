@@ -14,10 +14,12 @@ runs a command's main the same way inside this process (tests, notebooks).
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
+import runpy
 import sys
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -86,14 +88,57 @@ def config_override_message(error: Exception, argv: Sequence[str]) -> str:
           'that a misspelt override fails instead of being silently ignored.)')
 
 
+def _is_sequence_literal(text: str) -> bool:
+  try:
+    return isinstance(ast.literal_eval(text), (tuple, list))
+  except (ValueError, SyntaxError):
+    return False
+
+
+def _config_file_value(path: str) -> Optional[Any]:
+  """``path``'s value in the config file itself (before overrides); None if unknown."""
+  try:
+    config = runpy.run_path(config_flags.get_config_filename(flags.FLAGS['config']))
+    node = config['get_config']()
+    for part in path.split('.'):
+      node = node[part]
+    return node
+  except Exception:  # pylint: disable=broad-except  # only the message's detail is lost
+    return None
+
+
+def scalar_for_sequence_message(argv: Sequence[str]) -> Optional[str]:
+  """What to tell the user when a tuple/list field got a single value (which ml_collections
+  silently wraps into a one-element tuple); None when every override is fine."""
+  if 'config' not in flags.FLAGS:
+    return None
+  parsed = config_flags.get_override_values(flags.FLAGS['config'])
+  for arg in argv:
+    name, sep, raw = arg.partition('=')
+    path = name[len('--config.'):]
+    if (name.startswith('--config.') and sep and isinstance(parsed.get(path), (tuple, list))
+        and not _is_sequence_literal(raw)):
+      before = _config_file_value(path)
+      now = f' (the config file gives {before!r})' if before is not None else ''
+      example = f"'{tuple(before)!r}'" if before else "'(4, 8, 16)'"
+      return (f'{arg}: {path} is a tuple{now}, and a single value would silently become the '
+              f'one-element {tuple(parsed[path])!r}. Give the whole tuple, e.g. {name}='
+              f"{example}, or {name}='({raw},)' if one element is meant.")
+  return None
+
+
 def parse_flags(argv: List[str]) -> List[str]:
   """absl's flag parsing, with ml_collections' override errors reported like flag errors."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = app.parse_flags_with_usage(argv)
+    problem = scalar_for_sequence_message(argv)
   except (AttributeError, KeyError) as e:
-    sys.stderr.write(f'FATAL Flags parsing error: {config_override_message(e, argv)}\n'
+    problem = config_override_message(e, argv)
+  if problem:
+    sys.stderr.write(f'FATAL Flags parsing error: {problem}\n'
                      'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.exit(1)
+  return rest
 
 
 class _HideLibraryInfo(logging.Filter):
@@ -103,6 +148,27 @@ class _HideLibraryInfo(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     return (record.levelno >= logging.WARNING
             or not any(lib in record.pathname for lib in self._LIBRARIES))
+
+
+class _HideHarmlessWarnings(logging.Filter):
+  """Drops orbax warnings about states it handles itself: a partial save left by a killed
+  run (removed), a step without step metadata, and a manager opened read-only on purpose."""
+  _MESSAGES = ('Attempted to create temporary directory %s which already exists.',
+               'Metadata file does not exist: %s', 'Given directory is read only=%s')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not ('/orbax/' in record.pathname
+                and any(str(record.msg).startswith(m) for m in self._MESSAGES))
+
+
+def _hide_closed_loop_errors(default_hook: Callable[[Any], None]) -> Callable[[Any], None]:
+  """sys.unraisablehook without the 'Event loop is closed' errors that tensorstore's late
+  callbacks raise after orbax has given up reading a damaged checkpoint (one per array)."""
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      default_hook(unraisable)
+  return hook
 
 
 def require(*names: str) -> None:
@@ -135,6 +201,8 @@ def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
 def run(main: Callable[[List[str]], Any]) -> None:
   """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
+  sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
   app.run(_guarded(main), flags_parser=parse_flags)
 
 

@@ -3,14 +3,18 @@
 Only process 0 writes; the others stay silent. TensorBoard event files come
 from tensorboardX, which needs no TensorFlow (the training path must run where
 TF is not installed). ``metrics.jsonl`` holds one JSON object per line, e.g.
-``{"step": 400, "split": "train", "loss": 1.23, ...}``, appended to across
-resumed runs: a step logged twice (work redone after a restart) appears twice,
-and the later line is the one that counts.
+``{"step": 400, "split": "train", "loss": 1.23, ...}``, and non-metric events
+such as ``{"step": 0, "event": "start", ...}``. It holds one row per step and
+split across resumes: a run resuming from the checkpoint at step ``s`` first
+drops the rows after ``s`` that the interrupted run had written (that work is
+redone; the file is rewritten atomically, earlier rows kept), then marks the
+resumed segment with ``{"step": s, "event": "resume", "dropped_rows": n}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 from typing import Dict, Optional
@@ -37,6 +41,23 @@ def format_duration(seconds: float) -> str:
   return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
 
 
+def _drop_rows_after(path: pathlib.Path, step: int) -> int:
+  """Rewrites ``path`` (atomically) without its rows after ``step``; returns how many went."""
+  def keep(line: str) -> bool:
+    try:
+      return json.loads(line).get('step', 0) <= step
+    except ValueError:  # a line cut short by a killed process
+      return False
+
+  lines = path.read_text().splitlines(keepends=True)
+  kept = [line for line in lines if keep(line)]
+  if len(kept) < len(lines):
+    partial = path.with_name(path.name + '.tmp')
+    partial.write_text(''.join(kept))
+    os.replace(partial, path)
+  return len(lines) - len(kept)
+
+
 class MetricWriter:
   """Logs train and eval metrics, with throughput and an ETA for the console."""
 
@@ -53,8 +74,13 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      metrics_path = workdir_files.metrics_file(workdir)
       self._tb = SummaryWriter(str(workdir_files.tensorboard_dir(workdir)))
-      self._jsonl = open(workdir_files.metrics_file(workdir), 'a', buffering=1)
+      resumed = metrics_path.exists()
+      dropped = _drop_rows_after(metrics_path, start_step) if resumed else 0
+      self._jsonl = open(metrics_path, 'a', buffering=1)
+      if resumed:
+        self.write_event(start_step, 'resume', dropped_rows=dropped)
 
   def _record(self, step: int, split: str, values: Dict[str, float]) -> None:
     if not self.enabled:

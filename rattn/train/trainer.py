@@ -19,6 +19,7 @@ one step at which every process saves (orbax's ``reached_preemption``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import pathlib
 import signal
@@ -48,7 +49,7 @@ class TrainingDiverged(RuntimeError):
 class TrainingPreempted(RuntimeError):
   """SIGTERM arrived; a checkpoint was saved at ``step`` and rerunning resumes from it."""
 
-  def __init__(self, message: str, step: int):
+  def __init__(self, message: str, step: Optional[int]):
     super().__init__(message)
     self.step = step
 
@@ -78,8 +79,8 @@ def _sigterm_flag() -> Iterator[Callable[[], bool]]:
   received = threading.Event()
 
   def handler(signum, frame):  # pylint: disable=unused-argument
-    logging.warning('SIGTERM received: saving a checkpoint after the current step, then '
-                    'stopping.')
+    logging.warning('SIGTERM received: stopping after the current start-up phase, or saving '
+                    'a checkpoint after the current step.')
     received.set()
 
   previous = signal.signal(signal.SIGTERM, handler)
@@ -89,22 +90,35 @@ def _sigterm_flag() -> Iterator[Callable[[], bool]]:
     signal.signal(signal.SIGTERM, previous)
 
 
-def _divergence_message(step: int, values: Dict[str, float], last_good: Optional[int],
-                        checkpoint_dir: pathlib.Path, config: ml_collections.ConfigDict) -> str:
-  kept = (f'The last good checkpoint, step {last_good:,} in {checkpoint_dir}, is kept and '
-          'restorable (no checkpoint is ever written from a non-finite state); rerunning '
-          'the same command resumes from it, and will most likely diverge again at the same '
-          'place, because the resumed run sees the same data in the same order.'
+def _divergence_message(step: int, values: Dict[str, float], checkpoints: Checkpointer,
+                        resumed_from: int, config: ml_collections.ConfigDict) -> str:
+  last_good, directory = checkpoints.last_good_step(), checkpoints.directory
+  kept = (f'The last good checkpoint, step {last_good:,} in {directory} (checksummed and '
+          'finite), is kept and restorable; rerunning the same command resumes from it, '
+          'and will most likely diverge again at the same place, because the resumed run '
+          'sees the same data in the same order.'
           if last_good is not None else
-          'No checkpoint had been written yet, so nothing is kept.')
+          'No checkpoint had been written yet, so nothing is kept.' if not checkpoints.all_steps()
+          else 'No checkpoint of this run was verified (checksummed and finite).')
   bf16 = (' If you train in bfloat16, try --config.dtype=float32.'
           if config.dtype != 'float32' else '')
-  return (
+  message = (
       f'Training diverged: at step {step:,} the loss was {values["loss"]} and the gradient '
       f'norm {values["grad_norm"]} (not finite), so training stopped. {kept} Things to try: '
       f'a lower learning rate (now --config.schedule.base_lr={config.schedule.base_lr}), a '
       f'longer warm-up (--config.schedule.warmup_steps, now {config.schedule.warmup_steps}), '
       f'a larger batch, or checking the input data for NaN/Inf.{bf16}')
+  if resumed_from and last_good is not None:  # resuming a near-divergent state rarely helps
+    later = [s for s in checkpoints.all_steps() if s >= resumed_from]
+    earlier = [s for s in checkpoints.all_steps() if s < resumed_from]
+    aside = directory.with_name(directory.name + '_set_aside')
+    back = (f', or go back to step {earlier[-1]:,} by moving the later checkpoints aside '
+            f"(mkdir -p {aside} && mv {' '.join(str(directory / str(s)) for s in later)} "
+            f'{aside}/) and rerunning with the new settings' if earlier else '')
+    message += (f' This run had resumed from step {resumed_from:,}, so the new settings '
+                f'would continue from a state already heading for divergence: start afresh '
+                f'(the same command with a new --workdir){back}.')
+  return message
 
 
 def _mean_metrics(pending: List[Tuple[int, Dict[str, jax.Array]]]) -> Dict[str, float]:
@@ -132,13 +146,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ConfigError: the config cannot run (the message says which field to change).
     CheckpointError: the workdir's latest checkpoint cannot be restored.
     TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
-    TrainingPreempted: SIGTERM arrived; the current step was checkpointed.
+    TrainingPreempted: SIGTERM arrived; the current step was checkpointed (or, during
+      start-up, there was nothing to save).
   """
+  with _sigterm_flag() as sigterm:  # installed first: SIGTERM is honoured during start-up too
+    return _train_and_evaluate(config, workdir, sigterm)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        sigterm: Callable[[], bool]) -> Dict[str, Any]:
   started = time.perf_counter()
   workdir = pathlib.Path(workdir).absolute()
   is_primary = jax.process_index() == 0
 
   # ------------------------------------------------------------------ setup
+  def stop_if_terminated(phase: str) -> None:
+    if sigterm():
+      raise TrainingPreempted(
+          f'Stopped by SIGTERM during start-up ({phase}), before this run trained a step: '
+          'nothing was lost and no checkpoint was needed (the workdir\'s checkpoints, if '
+          'any, are as they were). Rerun the same command to start again.', None)
+
   plan = make_plan(config)  # the config is checked once, here
   mesh, info = plan.mesh, plan.data.info
   total_steps = int(config.num_train_steps)
@@ -149,7 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                config.batch_size // mesh.size)
 
   with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
-    sigterm = cleanup.enter_context(_sigterm_flag())
     # ---------------------------------------------------------------- input
     train_iter = plan.data.train_iterator(global_batch_size=config.batch_size,
                                           seed=plan.keys.data)
@@ -157,21 +184,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     eval_data = plan.data.eval_iterator(global_batch_size=config.eval_batch_size)
     description = plan.data.describe()
     logging.info('Data: %s', description)
+    stop_if_terminated('after opening the data')
 
     # ---------------------------------------------------------------- model, state, resume
     checkpoints = Checkpointer(workdir_files.checkpoint_dir(workdir),
                                keep=int(config.keep_checkpoints))
     cleanup.callback(checkpoints.close)  # waits for the last save to land
-    latest = checkpoints.latest_step()
+    latest, state = checkpoints.restore_latest_intact(plan.abstract_state(), train_iter)
     if latest is None:
       state = plan.init_state()
     else:
-      state = checkpoints.restore(latest, plan.abstract_state(), train_iter)
       logging.info('Resumed from the checkpoint at step %d in %s.', latest,
                    checkpoints.directory)
     start_step = latest or 0
     if is_primary:
       workdir_files.write_run_files(workdir, config, info, data.data_dir(config.data))
+    stop_if_terminated('after creating the train state')
     num_params = count_params(variables=state.variables())
     logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
                  f'{num_params:,}', info.name, plan.image_shape, info.num_classes)
@@ -179,6 +207,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     # ---------------------------------------------------------------- steps
     train_step = plan.train_step()
     eval_step = plan.eval_step()
+    batches = (shard_batch(batch, mesh) for batch in train_iter)
+    if start_step < total_steps:  # compiled before step 1, so SIGTERM can stop the run first
+      first = next(batches)
+      train_step = train_step.lower(state, first).compile()
+      batches = itertools.chain([first], batches)
+      stop_if_terminated('after compiling the train step')
 
     # ---------------------------------------------------------------- loop
     writer = MetricWriter(workdir, total_steps=total_steps, start_step=start_step,
@@ -197,13 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       bad = _first_non_finite(steps)
       if bad is not None:
         checkpoints.wait_until_finished()
-        message = _divergence_message(bad[0], bad[1], checkpoints.latest_step(),
-                                      checkpoints.directory, config)
+        message = _divergence_message(bad[0], bad[1], checkpoints, start_step, config)
         writer.write_event(bad[0], 'diverged', message=message)
         raise TrainingDiverged(message)
 
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, shard_batch(next(train_iter), mesh))
+      state, metrics = train_step(state, next(batches))
       pending.append((step, metrics))
       is_last = step == total_steps
       # Preemption ends this step like the last one: its metrics are logged, it is evaluated
