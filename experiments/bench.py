@@ -5,6 +5,7 @@ images/s of the input pipeline on its own.
   python -m experiments.bench --model ran56_cifar,ran92_cifar --steps 10 \
       --json_out benchmarks/results.jsonl
   python -m experiments.bench --input cifar10 --batch_size 128
+  python -m experiments.bench --input imagenet --data_dir DIR --cores 1,2,all
   python -m experiments.bench --model ran56_cifar --profile /tmp/profiles
 
 Model benchmarks time the train step that training runs (``rattn.train``), on
@@ -49,6 +50,7 @@ from jax.sharding import Mesh
 
 from experiments.configs import default
 from rattn import bench, data, train
+from rattn.bench import input as input_bench
 from rattn.models import MODELS, create_model
 from rattn.models.summary import count_macs, count_params, format_table
 
@@ -82,6 +84,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help='--input only: grain worker processes (default: the data config)')
   parser.add_argument('--data_dir', default=None,
                       help='--input only: tfds data dir (default: $TFDS_DATA_DIR)')
+  parser.add_argument('--cores', default='1,2,all',
+                      help="--input imagenet(2012) only: worker processes (one per core) to "
+                      "time, comma-separated; 'all' is every core this process may use")
   parser.add_argument('--model_kwargs', type=json.loads, default={},
                       help='more model keyword arguments as JSON, e.g. \'{"scan": true}\'')
   parser.add_argument('--no_eval', action='store_true', help='skip the eval measurement')
@@ -92,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       'the most time')
   args = parser.parse_args(argv)
   if args.steps is None:
-    args.steps = 200 if args.input else 20
+    args.steps = 200 if args.input and not input_bench.handles(args.input) else 20
   return args
 
 
@@ -383,12 +388,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     return records
   devices = _use_devices(args.devices)
   context = _context(argv, devices)
-  if args.input:
+  if args.input and input_bench.handles(args.input):  # JPEGs: per core, its own report
+    records = input_bench.measure(args.input, args.data_dir, input_bench.parse_cores(args.cores),
+                                  args.batch_size, args.steps, input_bench.REPEATS, context)
+    print(input_bench.report(records))
+  elif args.input:
     records = [bench_input(args.input, args, context)]
+    print(table(records))
   else:
     records = [bench_model(name.strip(), args, devices, context)
                for name in args.model.split(',') if name.strip()]
-  print(table(records))
+    print(table(records))
   for record in records:
     if record.get('profile_top_ops'):
       rows = [{'op kind': r['op'], 'ms/step': f"{r['ms_per_step']:.1f}",

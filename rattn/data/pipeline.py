@@ -28,6 +28,7 @@ import numpy as np
 
 from rattn.data import augment
 from rattn.data import datasets
+from rattn.data import jpeg
 from rattn.data import noise
 
 Batch = Dict[str, np.ndarray]
@@ -79,7 +80,8 @@ class _ReadRecord:
   def __call__(self, i: int) -> Dict[str, Any]:
     index = self.start + int(i)
     record = self.source[index]
-    image = np.asarray(record['image'])
+    image = record['image']
+    image = jpeg.decode(image) if isinstance(image, bytes) else np.asarray(image)
     if self.size is not None:
       image = augment.resize(image, self.size, self.size)
     label = np.int32(record[self.label_key])
