@@ -115,13 +115,19 @@ def stage_times(cfg: ml_collections.ConfigDict, batch_size: int,
     images = []
     n = min(count, len(source))
     for i in range(n):
+      # jpeg.train_crop / eval_crop, a stage at a time.
       t0 = time.process_time()
       record = source[i]
       t1 = time.process_time()
-      image = jpeg.decode(record['image'])
+      image = jpeg.open_image(record['image'])
+      if transform == 'train':
+        box = augment.random_resized_box(image.height, image.width, rng)
+        flip = rng.random() < 0.5
+      else:
+        box, flip = augment.centre_box(image.height, image.width, size), False
+      box = jpeg.decode(image, box, size)
       t2 = time.process_time()
-      image = (augment.crop_flip(image, size, rng) if transform == 'train'
-               else augment.centre_crop(image, size))
+      image = np.asarray(jpeg.crop_resize(image, box, size, flip))
       t3 = time.process_time()
       totals['read'] += t1 - t0
       totals['decode'] += t2 - t1

@@ -1,19 +1,24 @@
-"""JPEG records (ImageNet and its stand-in) decoded on the host with PIL (libjpeg-turbo).
+"""JPEG records (ImageNet and its stand-in) decoded, cropped and resized on the host with PIL.
 
 tfds data sources hand these datasets' images over undecoded (``RAW``), so that
-the pipeline decides how to decode them. Greyscale and CMYK JPEGs come out RGB.
+the pipeline decodes them itself: the crop box is drawn from the JPEG header,
+and PIL's resize reads only that box, so that no full-size copy is made.
+Greyscale and CMYK JPEGs come out RGB.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from rattn.data import augment
+
 RAW = tfds.decode.SkipDecoding()  # data-source decoder: the JPEG bytes as stored
+Box = Tuple[float, float, float, float]  # (left, top, right, bottom) in pixels
 
 
 def size(data: bytes) -> Tuple[int, int]:
@@ -22,7 +27,39 @@ def size(data: bytes) -> Tuple[int, int]:
     return image.height, image.width
 
 
-def decode(data: bytes) -> np.ndarray:
-  """The whole image as uint8 [H, W, 3]."""
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
+def open_image(image: Union[bytes, np.ndarray]) -> Image.Image:
+  """A lazily decoded PIL image of JPEG bytes (an array, as tfds's mock data gives, wrapped)."""
+  return Image.open(io.BytesIO(image)) if isinstance(image, bytes) else Image.fromarray(image)
+
+
+def decode(image: Image.Image, box: Box, size: int) -> Box:
+  """Decodes ``image`` in place; returns ``box`` in the decoded image's pixels."""
+  del size  # the decode does not depend on the output size yet
+  image.load()
+  return box
+
+
+def crop_resize(image: Image.Image, box: Box, size: int, flip: bool = False) -> Image.Image:
+  """RGB size x size: a bilinear resize of ``box`` alone (PIL filters from the pixels around it)."""
+  if image.mode not in ('RGB', 'L'):
+    image = image.convert('RGB')  # CMYK: convert first, colour conversion is not linear
+  out = image.resize((size, size), Image.BILINEAR, box=box)
+  if out.mode != 'RGB':
+    out = out.convert('RGB')  # greyscale: replicating the channel commutes with the resize
+  return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
+
+
+def train_crop(data: Union[bytes, np.ndarray], size: int,
+               rng: np.random.Generator) -> Image.Image:
+  """Random-resized crop (scale 0.08-1, aspect 3/4-4/3), bilinear, flipped half the time."""
+  image = open_image(data)
+  box = augment.random_resized_box(image.height, image.width, rng)
+  flip = rng.random() < 0.5
+  return crop_resize(image, decode(image, box, size), size, flip)
+
+
+def eval_crop(data: Union[bytes, np.ndarray], size: int) -> Image.Image:
+  """Shorter side to size / 0.875 (256 for 224), then the central size x size."""
+  image = open_image(data)
+  box = augment.centre_box(image.height, image.width, size)
+  return crop_resize(image, decode(image, box, size), size)

@@ -65,9 +65,10 @@ def _noise_plan(data_cfg: ml_collections.ConfigDict,
 
 @dataclasses.dataclass(frozen=True)
 class _ReadRecord:
-  """Reads example ``start + i`` of the split as {'image': uint8 HWC, 'label': int32}.
+  """Reads example ``start + i`` of the split as {'image', 'label': int32}.
 
-  ``size`` resizes fixed-size images (small datasets); ImageNet crops later.
+  Images of the small datasets are uint8 HWC, resized to ``size``; ImageNet's
+  stay JPEG bytes, decoded where they are cropped.
   Noise arrays cover the whole split, so noise follows the example, not the shard.
   """
   source: Sequence[Dict[str, Any]]
@@ -81,9 +82,8 @@ class _ReadRecord:
     index = self.start + int(i)
     record = self.source[index]
     image = record['image']
-    image = jpeg.decode(image) if isinstance(image, bytes) else np.asarray(image)
     if self.size is not None:
-      image = augment.resize(image, self.size, self.size)
+      image = augment.resize(np.asarray(image), self.size, self.size)
     label = np.int32(record[self.label_key])
     if self.plan is not None:
       flip, offset = self.plan
@@ -129,7 +129,7 @@ class _EvalRecord:
       return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0), 'mask': False}
     record = self.read(i)
     if self.centre_crop:
-      record['image'] = augment.centre_crop(record['image'], self.shape[0])
+      record['image'] = np.asarray(jpeg.eval_crop(record['image'], self.shape[0]))
     return {**record, 'mask': True}
 
 
@@ -183,8 +183,8 @@ class _ReadBatch:
       record = self.read(i)
       image = record['image']
       if self.crop_size is not None:
-        image = (augment.crop_flip(image, self.crop_size, rng) if self.random_crop
-                 else augment.centre_crop(image, self.crop_size))
+        image = np.asarray(jpeg.train_crop(image, self.crop_size, rng) if self.random_crop
+                           else jpeg.eval_crop(image, self.crop_size))
       images.append(image)
       labels.append(record['label'])
     return {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
