@@ -175,8 +175,9 @@ def report(records: Sequence[Dict[str, Any]]) -> str:
     row = {'cores (workers)': r['workers']}
     for t in ('train', 'eval'):
       runs = r[f'{t}_images_per_s_runs']
-      row[f'{t} img/s (min-max)'] = f"{r[f'{t}_images_per_s']:.0f} ({min(runs):.0f}-{max(runs):.0f})"
-      row[f'{t} img/s per core'] = f"{r[f'{t}_images_per_s'] / r['workers']:.0f}"
+      median = r[f'{t}_images_per_s']
+      row[f'{t} img/s (min-max)'] = f'{median:.0f} ({min(runs):.0f}-{max(runs):.0f})'
+      row[f'{t} img/s per core'] = f"{median / r['workers']:.0f}"
     rows.append(row)
   lines = [f"{rates[0]['dataset']}, batch {rates[0]['batch_size']}, {rates[0]['batches']} "
            f"timed batches, median of {rates[0]['repeats']} runs:",
