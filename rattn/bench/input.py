@@ -112,7 +112,7 @@ def stage_times(cfg: ml_collections.ConfigDict, batch_size: int,
   for transform, split in (('train', cfg.train_split), ('eval', cfg.eval_split)):
     source = datasets.open_split(cfg, split)
     totals = dict.fromkeys(('read', 'decode', 'crop/resize', 'batch', 'normalise'), 0.0)
-    images = []
+    batch = np.empty((batch_size, size, size, 3), np.uint8)
     n = min(count, len(source))
     for i in range(n):
       # jpeg.train_crop / eval_crop, a stage at a time.
@@ -127,21 +127,18 @@ def stage_times(cfg: ml_collections.ConfigDict, batch_size: int,
         box, flip = augment.centre_box(image.height, image.width, size), False
       box = jpeg.decode(image, box, size)
       t2 = time.process_time()
-      image = np.asarray(jpeg.crop_resize(image, box, size, flip))
+      image = jpeg.crop_resize(image, box, size)
       t3 = time.process_time()
+      jpeg.write(image, batch[i % batch_size], flip)
+      t4 = time.process_time()
       totals['read'] += t1 - t0
       totals['decode'] += t2 - t1
       totals['crop/resize'] += t3 - t2
-      images.append(image)
-      if len(images) == batch_size or i == n - 1:
-        t4 = time.process_time()
-        batch = {'image': np.stack(images)}
+      totals['batch'] += t4 - t3
+      if i % batch_size == batch_size - 1 or i == n - 1:
         t5 = time.process_time()
-        normalise(batch)
-        t6 = time.process_time()
-        totals['batch'] += t5 - t4
-        totals['normalise'] += t6 - t5
-        images = []
+        normalise({'image': batch[:i % batch_size + 1]})
+        totals['normalise'] += time.process_time() - t5
     result[transform] = {stage: 1e3 * seconds / n for stage, seconds in totals.items()}
   return result
 

@@ -57,27 +57,32 @@ def decode(image: Image.Image, box: Box, size: int) -> Box:
   return left / scale, top / scale, right / scale, bottom / scale
 
 
-def crop_resize(image: Image.Image, box: Box, size: int, flip: bool = False) -> Image.Image:
+def crop_resize(image: Image.Image, box: Box, size: int) -> Image.Image:
   """RGB size x size: a bilinear resize of ``box`` alone (PIL filters from the pixels around it)."""
   if image.mode not in ('RGB', 'L'):
     image = image.convert('RGB')  # CMYK: convert first, colour conversion is not linear
   out = image.resize((size, size), Image.BILINEAR, box=box)
-  if out.mode != 'RGB':
-    out = out.convert('RGB')  # greyscale: replicating the channel commutes with the resize
-  return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
+  return out if out.mode == 'RGB' else out.convert('RGB')  # greyscale: commutes with the resize
 
 
-def train_crop(data: Union[bytes, np.ndarray], size: int,
-               rng: np.random.Generator) -> Image.Image:
-  """Random-resized crop (scale 0.08-1, aspect 3/4-4/3), bilinear, flipped half the time."""
+def write(image: Image.Image, out: np.ndarray, flip: bool = False) -> None:
+  """Copies ``image`` into ``out`` (a slot of the batch), mirrored left-right if ``flip``."""
+  pixels = np.asarray(image)
+  out[...] = pixels[:, ::-1] if flip else pixels
+
+
+def train_crop(data: Union[bytes, np.ndarray], rng: np.random.Generator, out: np.ndarray) -> None:
+  """Random-resized crop (scale 0.08-1, aspect 3/4-4/3), bilinear, flipped half the time, into out."""
   image = open_image(data)
   box = augment.random_resized_box(image.height, image.width, rng)
   flip = rng.random() < 0.5
-  return crop_resize(image, decode(image, box, size), size, flip)
+  size = out.shape[0]
+  write(crop_resize(image, decode(image, box, size), size), out, flip)
 
 
-def eval_crop(data: Union[bytes, np.ndarray], size: int) -> Image.Image:
-  """Shorter side to size / 0.875 (256 for 224), then the central size x size."""
+def eval_crop(data: Union[bytes, np.ndarray], out: np.ndarray) -> None:
+  """Shorter side to size / 0.875 (256 for 224), then the central size x size, into ``out``."""
   image = open_image(data)
+  size = out.shape[0]
   box = augment.centre_box(image.height, image.width, size)
-  return crop_resize(image, decode(image, box, size), size)
+  write(crop_resize(image, decode(image, box, size), size), out)

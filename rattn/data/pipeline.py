@@ -129,7 +129,9 @@ class _EvalRecord:
       return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0), 'mask': False}
     record = self.read(i)
     if self.centre_crop:
-      record['image'] = np.asarray(jpeg.eval_crop(record['image'], self.shape[0]))
+      image = np.empty(self.shape, np.uint8)
+      jpeg.eval_crop(record['image'], image)
+      record['image'] = image
     return {**record, 'mask': True}
 
 
@@ -172,22 +174,28 @@ class _StepIndices:
 
 @dataclasses.dataclass(frozen=True)
 class _ReadBatch:
-  """Shard indices -> a uint8 batch read record by record (ImageNet: cropped and flipped)."""
+  """Shard indices -> a uint8 batch read record by record (ImageNet: cropped and flipped).
+
+  Each image is written straight into its slot of the batch: no per-image array to stack.
+  """
   read: _ReadRecord
-  crop_size: Optional[int]  # None: fixed-size images, no crop
+  shape: Tuple[int, int, int]
+  crop: bool  # JPEGs: cropped (randomly if random_crop) to shape; else fixed-size images
   random_crop: bool
 
   def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> Batch:
-    images, labels = [], []
-    for i in indices:
+    images = np.empty((len(indices), *self.shape), np.uint8)
+    labels = np.empty(len(indices), np.int32)
+    for k, i in enumerate(indices):
       record = self.read(i)
-      image = record['image']
-      if self.crop_size is not None:
-        image = np.asarray(jpeg.train_crop(image, self.crop_size, rng) if self.random_crop
-                           else jpeg.eval_crop(image, self.crop_size))
-      images.append(image)
-      labels.append(record['label'])
-    return {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
+      if not self.crop:
+        images[k] = record['image']
+      elif self.random_crop:
+        jpeg.train_crop(record['image'], rng, images[k])
+      else:
+        jpeg.eval_crop(record['image'], images[k])
+      labels[k] = record['label']
+    return {'image': images, 'label': labels}
 
 
 def _iter_dataset(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
@@ -248,8 +256,9 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
   if datasets.in_memory(data_cfg):
     ds = ds.map(_Gather(*_decode_all(read, shard_size)))
   else:
-    crop = None if ds_spec.small else datasets.image_size(data_cfg)
-    ds = ds.random_map(_ReadBatch(read, crop, augment_kind == 'imagenet'), seed=augment_seed)
+    size = datasets.image_size(data_cfg)
+    ds = ds.random_map(_ReadBatch(read, (size, size, ds_spec.channels), not ds_spec.small,
+                                  augment_kind == 'imagenet'), seed=augment_seed)
   if augment_kind == 'cifar':
     ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
   ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
