@@ -11,6 +11,8 @@ from rattn.data.datasets import DatasetInfo
 from rattn.data.datasets import DatasetNotFoundError
 from rattn.data.datasets import data_dir
 from rattn.data.datasets import dataset_info
+from rattn.data.device import model_input
+from rattn.data.device import normalise
 from rattn.data.noise import symmetric_label_noise
 from rattn.data.pipeline import describe
 from rattn.data.pipeline import make_eval_iterator
@@ -27,5 +29,7 @@ __all__ = [
     'make_eval_iterator',
     'make_train_iterator',
     'measure_throughput',
+    'model_input',
+    'normalise',
     'symmetric_label_noise',
 ]

@@ -235,6 +235,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
                         process_count: Optional[int] = None) -> grain.DatasetIterator:
   """Endless {'image': float32 [B, H, W, C], 'label': int32 [B]} with B = global / processes.
 
+  With ``data_cfg.normalise_on_device`` the images stay uint8 (``model_input`` normalises them).
+
   Returns a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
   ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` with orbax) resume it
   exactly, in a new process too.
@@ -261,7 +263,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
                                   augment_kind == 'imagenet'), seed=augment_seed)
   if augment_kind == 'cifar':
     ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
-  ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
+  if not data_cfg.normalise_on_device:
+    ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
   return iter(_iter_dataset(ds, data_cfg, data_cfg.num_workers))
 
 
@@ -292,7 +295,8 @@ def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, split: Optional[s
     size = datasets.image_size(data_cfg)
     shape = (size, size, ds_spec.channels)
     ds = ds.map(_EvalRecord(read, shard_size, shape, not ds_spec.small)).batch(local)
-  ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
+  if not data_cfg.normalise_on_device:
+    ds = ds.map(augment.Normalise(ds_spec.mean, ds_spec.std))
   # In memory, eval is a gather and a scale: faster here than starting worker
   # processes, which every pass over an IterDataset does anew.
   return _iter_dataset(ds, data_cfg, 0 if memory else data_cfg.num_workers)
