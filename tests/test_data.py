@@ -75,7 +75,7 @@ def test_config_has_every_field_the_pipeline_reads():
   cfg = data.data_config()
   assert set(cfg) == {'dataset', 'data_dir', 'train_split', 'eval_split', 'augment',
                       'image_size', 'label_noise', 'noise_seed', 'label_source', 'num_workers',
-                      'prefetch', 'shuffle', 'cache_in_memory'}
+                      'prefetch', 'shuffle', 'cache_in_memory', 'normalise_on_device'}
   cfg.lock()
   cfg.image_size = 64  # placeholders accept their type once locked
   cfg.data_dir = '/data'
