@@ -14,7 +14,9 @@ def data_config() -> ml_collections.ConfigDict:
   """Returns the input-pipeline fields with their defaults.
 
   Fields:
-    dataset: 'cifar10', 'cifar100', 'fashion_mnist', 'imagenet2012' or 'cifar10_n'.
+    dataset: 'cifar10', 'cifar100', 'fashion_mnist', 'imagenet2012', 'cifar10_n' or
+      'imagenet_standin' (synthetic JPEGs with ImageNet's statistics, built by
+      ``python -m experiments.make_standin``; ImageNet's transforms).
     data_dir: tfds data dir; None reads ``$TFDS_DATA_DIR`` (else tfds's default).
     train_split / eval_split: tfds split names; slices such as 'train[:90%]' work.
       ImageNet has no 'test' split: set eval_split='validation' there.
