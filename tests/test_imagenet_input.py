@@ -164,6 +164,15 @@ def test_eval_crop_is_resize_256_then_centre_224():
   assert np.abs(out.astype(int) - expected).max() <= 1
 
 
+def test_write_fills_the_batch_slot_mirrored_on_request():
+  pixels = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  batch = np.zeros((2, 8, 8, 3), np.uint8)
+  jpeg.write(Image.fromarray(pixels), batch[0])
+  jpeg.write(Image.fromarray(pixels), batch[1], flip=True)
+  np.testing.assert_array_equal(batch[0], pixels)
+  np.testing.assert_array_equal(batch[1], pixels[:, ::-1])
+
+
 @pytest.mark.parametrize('mode', ['L', 'CMYK'])
 def test_greyscale_and_cmyk_jpegs_come_out_rgb(mode):
   pixels = standin.render(np.random.default_rng(4), 120, 160)
