@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from rattn import data
-from rattn.data import augment, datasets, jpeg, pipeline
+from rattn.data import augment, datasets, jpeg
 from rattn.data import standin
 from rattn.models.summary import format_table
 
