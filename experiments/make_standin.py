@@ -43,7 +43,7 @@ def main(argv):
           f'{builder.data_dir} already holds a build with {len(source)} {split} images, not '
           f'{wanted[split]}; delete {builder.data_dir} and rerun to rebuild it.')
     jpegs = [source[i]['image'] for i in range(len(source))]
-    shapes = np.array([jpeg.size(data) for data in jpegs])
+    shapes = np.array([jpeg.header_size(data) for data in jpegs])
     print(f'{split}: {len(source)} JPEGs, median {statistics.median(shapes[:, 1]):.0f} x '
           f'{statistics.median(shapes[:, 0]):.0f} px (W x H), mean '
           f'{np.mean([len(j) for j in jpegs]) / 1024:.0f} KiB, '

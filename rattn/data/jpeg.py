@@ -22,7 +22,7 @@ RAW = tfds.decode.SkipDecoding()  # data-source decoder: the JPEG bytes as store
 Box = Tuple[float, float, float, float]  # (left, top, right, bottom) in pixels
 
 
-def size(data: bytes) -> Tuple[int, int]:
+def header_size(data: bytes) -> Tuple[int, int]:
   """(height, width) from the JPEG header alone."""
   with Image.open(io.BytesIO(data)) as image:
     return image.height, image.width
@@ -38,9 +38,10 @@ def decode(image: Image.Image, box: Box, size: int) -> Box:
 
   JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale (scaled inverse
   DCT, a low-pass) where ``box`` still spans at least ``size`` pixels after it,
-  so that the bilinear resize that follows still shrinks: 2-4x fewer pixels to
-  decode for most random crops, and the result stays within a few grey levels
-  of decoding at full scale (tests/test_imagenet_input.py).
+  so that the bilinear resize that follows still shrinks and the result stays
+  within a few grey levels of decoding at full scale (tests/test_imagenet_input.py).
+  At 224 px that needs a box side of 448 px or more: large images, whose
+  decode costs the most, rather than the typical 500 x 375 photograph.
   """
   left, top, right, bottom = box
   factor = 1
