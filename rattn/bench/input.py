@@ -51,7 +51,8 @@ def parse_cores(text: str) -> List[int]:
   return cores
 
 
-def _config(name: str, data_dir: Optional[str], workers: int) -> ml_collections.ConfigDict:
+def bench_config(name: str, data_dir: Optional[str], workers: int) -> ml_collections.ConfigDict:
+  """The data config this benchmark reads ``name`` ('imagenet': the stand-in) with."""
   cfg = data.data_config()
   # uint8 batches, normalised by the jitted step: how a GPU run should read ImageNet.
   cfg.update(dataset=ALIASES.get(name, name), eval_split='validation', num_workers=workers,
@@ -145,7 +146,7 @@ def measure(name: str, data_dir: Optional[str], cores: Sequence[int], batch_size
   """One record per core count (median images/s of ``repeats`` runs), then the stage times."""
   records = []
   for count in cores:
-    cfg = _config(name, data_dir, count)
+    cfg = bench_config(name, data_dir, count)
     runs = [pipeline_rates(cfg, batch_size, batches) for _ in range(repeats)]
     records.append({
         'kind': 'imagenet_input', 'dataset': cfg.dataset, 'workers': count,
@@ -153,7 +154,7 @@ def measure(name: str, data_dir: Optional[str], cores: Sequence[int], batch_size
         **{f'{t}_images_per_s': statistics.median(r[t] for r in runs) for t in ('train', 'eval')},
         **{f'{t}_images_per_s_runs': [r[t] for r in runs] for t in ('train', 'eval')},
         **context, 'load_avg_1m_end': round(os.getloadavg()[0], 2)})
-  cfg = _config(name, data_dir, 0)
+  cfg = bench_config(name, data_dir, 0)
   records.append({'kind': 'imagenet_input_stages', 'dataset': cfg.dataset,
                   'batch_size': batch_size, 'images': STAGE_IMAGES,
                   'ms_per_image': stage_times(cfg, batch_size), **context,
