@@ -34,9 +34,10 @@ SPLITS = ('train', 'validation')
 GREY_FRACTION, CMYK_FRACTION = 0.015, 0.001
 LARGE_FRACTION, SMALL_FRACTION = 0.005, 0.005
 FLICKR_FRACTION = 0.45  # longer side exactly 500 px
-# Aspect ratios (width / height) and how often each occurs; 'free' is log-uniform in [1/2.2, 2.2].
-_ASPECTS = (4 / 3, 3 / 4, 3 / 2, 1.0, 'free')
-_ASPECT_P = (0.5, 0.15, 0.1, 0.05, 0.2)
+# Common aspect ratios (width / height) and how often each occurs; the other 20% are
+# log-uniform in [1/2.2, 2.2].
+_ASPECTS = (4 / 3, 3 / 4, 3 / 2, 1.0)
+_ASPECT_P = (0.5, 0.15, 0.1, 0.05)
 
 
 def image_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -47,10 +48,9 @@ def image_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
   long_side = np.where(kind < LARGE_FRACTION, np.exp(rng.uniform(np.log(2000), np.log(4000), n)),
                        long_side)
   long_side = np.where(kind > 1 - SMALL_FRACTION, rng.uniform(40, 99, n), long_side)
-  choice = rng.choice(len(_ASPECTS), size=n, p=_ASPECT_P)
+  choice = rng.choice(len(_ASPECTS) + 1, size=n, p=(*_ASPECT_P, 1 - sum(_ASPECT_P)))
   free = np.exp(rng.uniform(-np.log(2.2), np.log(2.2), n))
-  aspect = np.array([free[i] if _ASPECTS[c] == 'free' else _ASPECTS[c]
-                     for i, c in enumerate(choice)])
+  aspect = np.where(choice < len(_ASPECTS), np.append(_ASPECTS, 0.0)[choice], free)
   long_side = np.clip(np.round(long_side), 16, None)
   short_side = np.maximum(np.round(long_side / np.maximum(aspect, 1 / aspect)), 8)
   landscape = aspect >= 1
