@@ -5,6 +5,7 @@ images/s of the input pipeline on its own.
   python -m experiments.bench --model ran56_cifar,ran92_cifar --steps 10 \
       --json_out benchmarks/results.jsonl
   python -m experiments.bench --input cifar10 --batch_size 128
+  python -m experiments.bench --input imagenet --data_dir DIR --cores 1,2,all
   python -m experiments.bench --model ran56_cifar --profile /tmp/profiles
 
 Model benchmarks time the train step that training runs (``rattn.train``), on
@@ -50,6 +51,7 @@ from absl import app, flags
 
 from experiments.configs import default
 from rattn import bench, data
+from rattn.bench import input as input_bench
 from rattn.bench import report, runs
 from rattn.train import cli
 
@@ -76,6 +78,9 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, '--input only: tfds data dir (
                                 '$TFDS_DATA_DIR).')
 _MODEL_KWARGS = flags.DEFINE_string('model_kwargs', '{}', 'More model keyword arguments as '
                                     'JSON, e.g. \'{"scan": true}\'.')
+_CORES = flags.DEFINE_string(
+    'cores', '1,2,all', "--input imagenet / imagenet2012 only: worker processes (one per "
+    "core) to time, comma-separated; 'all' is every core this process may use.")
 _NO_EVAL = flags.DEFINE_bool('no_eval', False, 'Skip the eval measurement.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement to '
                                 'this file.')
@@ -164,6 +169,13 @@ def _input_config(dataset: str) -> ml_collections.ConfigDict:
 def _measure(argv: Sequence[str]) -> List[Dict[str, Any]]:
   devices = _use_devices(_DEVICES.value)
   context = _context(argv, devices)
+  if _INPUT.value and input_bench.handles(_INPUT.value):  # JPEGs: per core
+    try:
+      cores = input_bench.parse_cores(_CORES.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    return input_bench.measure(_INPUT.value, _DATA_DIR.value, cores, _BATCH_SIZE.value,
+                               _STEPS.value or 20, input_bench.REPEATS, context)
   if _INPUT.value:  # the one place that decides what --input measures
     return [runs.bench_input(_input_config(_INPUT.value), context,
                              batch_size=_BATCH_SIZE.value, batches=_STEPS.value or 200)]
@@ -191,7 +203,10 @@ def main(argv: Sequence[str]) -> None:
     print(report.table(records))
     return
   records = _measure(_given_flags())
-  print(report.table(records) + '\n\n' + report.machine_line(records[0]))
+  if _INPUT.value and input_bench.handles(_INPUT.value):
+    print(input_bench.report(records))
+  else:
+    print(report.table(records) + '\n\n' + report.machine_line(records[0]))
   for record in records:
     if record.get('profile_top_ops'):
       print('\n' + report.profile_table(record))

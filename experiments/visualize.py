@@ -74,7 +74,8 @@ def read_images(data_cfg: ml_collections.ConfigDict, split: Optional[str],
   """The first ``num_images`` images of ``split``, normalised as in training."""
   batch = next(iter(data.DataPlan(data_cfg).eval_iterator(split=split,
                                                           global_batch_size=num_images)))
-  return np.asarray(batch['image'])[np.asarray(batch['mask'], bool)]
+  images = np.asarray(data.model_input(batch['image'], data_cfg))
+  return images[np.asarray(batch['mask'], bool)]
 
 
 def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dataset = 'imagenet2012'
   config.data.eval_split = 'validation'
   config.data.num_workers = 8  # decoding JPEGs needs processes, not threads
+  config.data.normalise_on_device = True  # uint8 to the device; the step standardises
   config.batch_size = 256
   config.eval_batch_size = 1024
   config.num_train_steps = 530_000

@@ -11,6 +11,8 @@ from rattn.data.config import data_config
 from rattn.data.datasets import DatasetInfo
 from rattn.data.datasets import DatasetNotFoundError
 from rattn.data.datasets import data_dir
+from rattn.data.device import model_input
+from rattn.data.device import normalise
 from rattn.data.noise import symmetric_label_noise
 from rattn.data.pipeline import DataPlan
 from rattn.data.pipeline import dataset_info
@@ -30,5 +32,7 @@ __all__ = [
     'make_train_iterator',
     'measure_throughput',
     'split_batch',
+    'model_input',
+    'normalise',
     'symmetric_label_noise',
 ]

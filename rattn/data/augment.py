@@ -4,7 +4,8 @@ grain's ``random_map`` hands every element a generator seeded from (pipeline
 seed, element index), so each batch's augmentation is a pure function of the
 seed and the step: a resumed run redraws exactly the crops it would have drawn.
 The small datasets are augmented a whole uint8 batch at a time (one gather, no
-per-image Python); ImageNet images differ in size and go one at a time (PIL).
+per-image Python); ImageNet images differ in size and go one at a time: a crop
+box drawn here, decoded and resized by ``rattn.data.jpeg``.
 """
 
 from __future__ import annotations
@@ -46,44 +47,42 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return out.reshape(height, width, image.shape[-1])
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale: Tuple[float, float] = (0.08, 1.0),
-                        ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-  """Inception-style crop (Szegedy et al. 2015): 8-100% of the area, aspect 3/4-4/3, then resize.
+def random_resized_box(height: int, width: int, rng: np.random.Generator,
+                       scale: Tuple[float, float] = (0.08, 1.0),
+                       ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+  """Inception-style crop (Szegedy et al. 2015): 8-100% of the area, aspect 3/4-4/3.
 
   Ten tries at a crop that fits, then torchvision's fallback: the centre crop
-  with the aspect ratio clamped into range.
+  with the aspect ratio clamped into range. Returns (left, top, right, bottom).
   """
-  h, w = image.shape[:2]
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
-    area = h * w * rng.uniform(*scale)
+    area = height * width * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(*log_ratio))
     cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-    if 0 < cw <= w and 0 < ch <= h:
-      y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-      break
-  else:
-    aspect = min(max(w / h, ratio[0]), ratio[1])
-    cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-  return resize(image[y0:y0 + ch, x0:x0 + cw], size, size)
+    if 0 < cw <= width and 0 < ch <= height:
+      y0, x0 = int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
+      return x0, y0, x0 + cw, y0 + ch
+  aspect = min(max(width / height, ratio[0]), ratio[1])
+  cw, ch = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect),
+                                                                           height)
+  y0, x0 = (height - ch) // 2, (width - cw) // 2
+  return x0, y0, x0 + cw, y0 + ch
 
 
-def crop_flip(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-  """ImageNet training augmentation: random-resized crop, then a horizontal flip half the time."""
-  image = random_resized_crop(image, size, rng)
-  return np.ascontiguousarray(image[:, ::-1]) if rng.random() < 0.5 else image
+def centre_box(height: int, width: int, size: int,
+               crop_fraction: float = 0.875) -> Tuple[float, float, float, float]:
+  """ImageNet eval as a box: shorter side to size / 0.875 (256 for 224), then the central size^2.
 
-
-def centre_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
-  """ImageNet eval: shorter side to size / 0.875 (256 for 224), then the central size x size."""
-  h, w = image.shape[:2]
+  The box is in the original image's pixels, so that one bilinear resize of it
+  to size x size gives what resizing the whole image and cropping gives.
+  """
   short = round(size / crop_fraction)
-  nh, nw = (short, round(w * short / h)) if h <= w else (round(h * short / w), short)
-  image = resize(image, nh, nw)
+  nh, nw = (short, round(width * short / height)) if height <= width else (
+      round(height * short / width), short)
   y0, x0 = (nh - size) // 2, (nw - size) // 2
-  return image[y0:y0 + size, x0:x0 + size]
+  sy, sx = height / nh, width / nw
+  return x0 * sx, y0 * sy, (x0 + size) * sx, (y0 + size) * sy
 
 
 # grain pickles the pipeline into its worker processes: transforms are module-level

@@ -20,6 +20,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import ml_collections
 import tensorflow_datasets as tfds
 
+from rattn.data import jpeg
+from rattn.data import standin  # registers 'imagenet_standin' with tfds
+
 _log = logging.getLogger(__name__)
 
 # Per-channel statistics of the full training sets (pixels scaled to [0, 1]);
@@ -48,7 +51,8 @@ class DatasetSpec:
   mean: Tuple[float, ...]
   std: Tuple[float, ...]
   default_augment: str
-  offline_files: str  # what to place in downloads/manual/ for an offline build
+  offline_files: str = ''  # what to place in downloads/manual/ for an offline build
+  build_command: Optional[str] = None  # builds it here instead of tfds's stock builder
 
   @property
   def small(self) -> bool:
@@ -76,6 +80,9 @@ SPECS: Dict[str, DatasetSpec] = {
     'imagenet2012': DatasetSpec(1000, 3, None, 224, _IMAGENET_MEAN, _IMAGENET_STD,
                                 'imagenet', 'ILSVRC2012_img_train.tar and '
                                 'ILSVRC2012_img_val.tar (from image-net.org)'),
+    # Synthetic JPEGs with ImageNet's statistics (rattn/data/standin.py): same transforms.
+    standin.NAME: DatasetSpec(1000, 3, None, 224, _IMAGENET_MEAN, _IMAGENET_STD, 'imagenet',
+                              build_command='python -m experiments.make_standin --data_dir DIR'),
 }
 AUGMENTS = ('cifar', 'imagenet', 'none')
 
@@ -198,6 +205,14 @@ def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional
   return None
 
 
+def _build_message(name: str, builder: Any) -> str:
+  root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
+  return (f'Dataset {name!r} is not built in the data dir {root!r} (looked for '
+          f'{os.fspath(builder.data_dir)!r}). Build it with `{SPECS[name].build_command}` '
+          f'(no download, no TensorFlow) and point $TFDS_DATA_DIR (or '
+          f'--config.data.data_dir) at DIR.')
+
+
 def _not_found_message(name: str, builder: Any, why: str) -> str:
   ds_spec = SPECS[name]
   root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
@@ -223,6 +238,8 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
   spec(data_cfg)
   builder = tfds.builder(name, data_dir=data_dir(data_cfg))
   if not builder.is_prepared():
+    if SPECS[name].build_command:
+      raise DatasetNotFoundError(_build_message(name, builder))
     why_not = _why_not_prepare(
         data_cfg, os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))))
     if why_not:
@@ -234,5 +251,7 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
     except Exception as e:  # any builder failure: no network, no manual files...
       raise DatasetNotFoundError(_not_found_message(
           name, builder, f'and preparing it failed ({type(e).__name__}: {e})')) from e
-  return builder.as_data_source(split=split)
+  # Variable-size images stay JPEG bytes: the pipeline decodes them at the scale it needs.
+  decoders = None if SPECS[name].small else {'image': jpeg.RAW}
+  return builder.as_data_source(split=split, decoders=decoders)
 

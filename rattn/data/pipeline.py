@@ -28,6 +28,7 @@ import numpy as np
 
 from rattn.data import augment
 from rattn.data import datasets
+from rattn.data import jpeg
 from rattn.data import noise
 
 Batch = Dict[str, np.ndarray]
@@ -68,9 +69,10 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int) -> T
 
 @dataclasses.dataclass(frozen=True)
 class _ReadRecord:
-  """Reads example ``start + i`` of the split as {'image': uint8 HWC, 'label': int32}.
+  """Reads example ``start + i`` of the split as {'image', 'label': int32}.
 
-  ``size`` resizes fixed-size images (small datasets); ImageNet crops later.
+  Images of the small datasets are uint8 HWC, resized to ``size``; ImageNet's
+  stay JPEG bytes, decoded where they are cropped.
   Noise arrays cover the whole split, so noise follows the example, not the shard.
   """
   source: Sequence[Dict[str, Any]]
@@ -83,9 +85,9 @@ class _ReadRecord:
   def __call__(self, i: int) -> Dict[str, Any]:
     index = self.start + int(i)
     record = self.source[index]
-    image = np.asarray(record['image'])
+    image = record['image']
     if self.size is not None:
-      image = augment.resize(image, self.size, self.size)
+      image = augment.resize(np.asarray(image), self.size, self.size)
     label = np.int32(record[self.label_key])
     if self.plan is not None:
       flip, offset = self.plan
@@ -131,7 +133,9 @@ class _EvalRecord:
       return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0), 'mask': False}
     record = self.read(i)
     if self.centre_crop:
-      record['image'] = augment.centre_crop(record['image'], self.shape[0])
+      image = np.empty(self.shape, np.uint8)
+      jpeg.eval_crop(record['image'], image)
+      record['image'] = image
     return {**record, 'mask': True}
 
 
@@ -174,22 +178,28 @@ class _StepIndices:
 
 @dataclasses.dataclass(frozen=True)
 class _ReadBatch:
-  """Shard indices -> a uint8 batch read record by record (ImageNet: cropped and flipped)."""
+  """Shard indices -> a uint8 batch read record by record (ImageNet: cropped and flipped).
+
+  Each image is written straight into its slot of the batch: no per-image array to stack.
+  """
   read: _ReadRecord
-  crop_size: Optional[int]  # None: fixed-size images, no crop
+  shape: Tuple[int, int, int]
+  crop: bool  # JPEGs: cropped (randomly if random_crop) to shape; else fixed-size images
   random_crop: bool
 
   def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> Batch:
-    images, labels = [], []
-    for i in indices:
+    images = np.empty((len(indices), *self.shape), np.uint8)
+    labels = np.empty(len(indices), np.int32)
+    for k, i in enumerate(indices):
       record = self.read(i)
-      image = record['image']
-      if self.crop_size is not None:
-        image = (augment.crop_flip(image, self.crop_size, rng) if self.random_crop
-                 else augment.centre_crop(image, self.crop_size))
-      images.append(image)
-      labels.append(record['label'])
-    return {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
+      if not self.crop:
+        images[k] = record['image']
+      elif self.random_crop:
+        jpeg.train_crop(record['image'], rng, images[k])
+      else:
+        jpeg.eval_crop(record['image'], images[k])
+      labels[k] = record['label']
+    return {'image': images, 'label': labels}
 
 
 def _iter_dataset(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
@@ -269,6 +279,9 @@ class DataPlan:
                      process_count: Optional[int] = None) -> grain.DatasetIterator:
     """Endless {'image': float32 [B, H, W, C], 'label': int32 [B]} with B = global / processes.
 
+    With ``data.normalise_on_device`` the images stay uint8 (``model_input``
+    standardises them in the jitted step).
+
     Returns a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
     ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` with orbax)
     resume it exactly, in a new process too.
@@ -289,11 +302,13 @@ class DataPlan:
     if self.in_memory:
       ds = ds.map(_Gather(*_decode_all(read, shard_size)))
     else:
-      crop = None if self.spec.small else self.image_size
-      ds = ds.random_map(_ReadBatch(read, crop, self.augment == 'imagenet'), seed=augment_seed)
+      shape = (self.image_size, self.image_size, self.spec.channels)
+      ds = ds.random_map(_ReadBatch(read, shape, not self.spec.small,
+                                    self.augment == 'imagenet'), seed=augment_seed)
     if self.augment == 'cifar':
       ds = ds.random_map(augment.PadCropFlip(), seed=augment_seed)
-    ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
+    if not cfg.normalise_on_device:
+      ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
     return iter(_iter_dataset(ds, cfg, cfg.num_workers))
 
   def eval_iterator(self, *, global_batch_size: int, split: Optional[str] = None,
@@ -319,7 +334,8 @@ class DataPlan:
     else:
       shape = (self.image_size, self.image_size, self.spec.channels)
       ds = ds.map(_EvalRecord(read, shard_size, shape, not self.spec.small)).batch(local)
-    ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
+    if not cfg.normalise_on_device:
+      ds = ds.map(augment.Normalise(self.spec.mean, self.spec.std))
     # In memory, eval is a gather and a scale: faster here than starting worker
     # processes, which every pass over an IterDataset does anew.
     return _iter_dataset(ds, cfg, 0 if self.in_memory else cfg.num_workers)

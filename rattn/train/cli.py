@@ -110,7 +110,7 @@ def _config_file_value(path: str) -> Optional[Any]:
 def scalar_for_sequence_message(argv: Sequence[str]) -> Optional[str]:
   """What to tell the user when a tuple/list field got a single value (which ml_collections
   silently wraps into a one-element tuple); None when every override is fine."""
-  if 'config' not in flags.FLAGS:
+  if 'config' not in flags.FLAGS or not any(a.startswith('--config.') for a in argv):
     return None
   parsed = config_flags.get_override_values(flags.FLAGS['config'])
   for arg in argv:

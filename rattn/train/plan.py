@@ -164,7 +164,7 @@ class RunPlan:
     return make_train_step(self.config, self.mesh, self.keys.mixup)
 
   def eval_step(self):
-    return make_eval_step(self.mesh)
+    return make_eval_step(self.mesh, self.config.data)
 
 
 def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,

@@ -9,7 +9,7 @@ adds the all-reduces. The state is donated so its buffers are reused in place.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from rattn import data
 from rattn.train.state import TrainState, batch_sharded, replicated, shard_batch
 
 Metrics = Dict[str, jax.Array]
@@ -61,7 +62,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   mixup_alpha = float(config.mixup_alpha)
 
   def train_step(state: TrainState, batch: dict) -> Tuple[TrainState, Metrics]:
-    images, labels = batch['image'], batch['label']
+    images, labels = data.model_input(batch['image'], config.data), batch['label']
     lam = None
     if mixup_alpha > 0:
       key = jax.random.fold_in(mixup_key, state.step)
@@ -91,8 +92,13 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 
-def make_eval_step(mesh: Mesh) -> Callable[[TrainState, dict], Metrics]:
+def make_eval_step(mesh: Mesh, data_cfg: Optional[ml_collections.ConfigDict] = None
+                   ) -> Callable[[TrainState, dict], Metrics]:
   """Returns ``eval_step(state, batch) -> sums``, jitted over ``mesh``.
+
+  With ``data_cfg`` the images go through ``rattn.data.model_input`` first
+  (standardised there if the pipeline left them uint8); without, they are
+  taken as they come.
 
   ``batch`` may carry ``mask`` (False on the padding of the last batch; all
   examples count where it is absent); the step returns masked *sums* (``loss``, ``correct``, ``correct_top5``, ``count``)
@@ -103,7 +109,8 @@ def make_eval_step(mesh: Mesh) -> Callable[[TrainState, dict], Metrics]:
   def eval_step(state: TrainState, batch: dict) -> Metrics:
     labels = batch['label']
     mask = batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones(labels.shape)
-    logits = state.apply_fn(state.variables(), batch['image'], train=False)
+    images = batch['image'] if data_cfg is None else data.model_input(batch['image'], data_cfg)
+    logits = state.apply_fn(state.variables(), images, train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     top5 = jnp.argsort(logits, axis=-1)[:, -5:]
     return {
