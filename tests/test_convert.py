@@ -86,7 +86,7 @@ def test_eca_resnet50_takes_release_layout_with_its_own_kernel_sizes():
 
 def _torch_module_state():
   torch = pytest.importorskip('torch')
-  from tests.torch_reference.attention import SEModule
+  from torch_reference.attention import SEModule
   torch.manual_seed(0)
   module = SEModule(32)
   return torch, module, {k: v.numpy() for k, v in module.state_dict().items()}

@@ -32,9 +32,9 @@ from rattn.attention import create_attention, list_attentions  # noqa: E402
 from rattn.models import create_model  # noqa: E402
 from rattn.models import ran  # noqa: E402
 from rattn.models.ran import collect_masks  # noqa: E402
-from tests.torch_reference import attention as ref_attention  # noqa: E402
-from tests.torch_reference import ran as ref_ran  # noqa: E402
-from tests.torch_reference import resnet as ref_resnet  # noqa: E402
+from torch_reference import attention as ref_attention  # noqa: E402
+from torch_reference import ran as ref_ran  # noqa: E402
+from torch_reference import resnet as ref_resnet  # noqa: E402
 
 RTOL = 1e-5
 # Float32 sums of hundreds of products differ by summation order; that error scales
