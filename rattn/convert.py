@@ -231,8 +231,9 @@ def convert_with(translate: Translator, state_dict: Mapping[str, Any], variables
       unmatched.append(f'{key} {source_shape}')
       continue
     path, tensor = _target(found[0], found[1], tensor, flat)
-    if path not in flat:
-      unmatched.append(f'{key} {source_shape} (would be {"/".join(path)})')
+    if path not in flat or path in filled:
+      why = 'already filled by another tensor' if path in filled else 'no such variable'
+      unmatched.append(f'{key} {source_shape} (-> {"/".join(path)}: {why})')
     elif tuple(tensor.shape) != _shape(flat[path]):
       misshapen.append(f'{key}: {source_shape} -> {"/".join(path)} needs '
                        f'{_shape(flat[path])}')

@@ -124,3 +124,11 @@ def test_unreadable_paths_raise_conversion_errors(tmp_path):
   (tmp_path / 'weights.npz').write_bytes(b'')
   with pytest.raises(convert.ConversionError, match='Unknown checkpoint format'):
     convert.read_state_dict(tmp_path / 'weights.npz')
+
+
+def test_two_tensors_for_one_variable_is_an_error():
+  # The CAM layout renames its top-level scalar to beta; a second one cannot land there too.
+  state = {'gamma': np.ones(1, np.float32), 'scale': np.ones(1, np.float32)}
+  with pytest.raises(convert.ConversionError, match='scale .*already filled'):
+    convert.convert_attention_state_dict(
+        'danet_channel', state, _template(create_attention('danet_channel'), (1, 2, 2, 8)))
