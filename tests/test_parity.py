@@ -155,7 +155,8 @@ def test_attention_layer_matches_reference(name):
   reference = ref_attention.make_attention(name, ATTENTION_INPUT[1])
   _randomize(reference, seed=1)
   x = np.random.RandomState(2).normal(size=ATTENTION_INPUT).astype(np.float32)
-  check_parity(reference, create_attention(name), lambda sd, tpl: convert.convert_attention_state_dict(name, sd, tpl), x)
+  check_parity(reference, create_attention(name),
+               lambda sd, tpl: convert.convert_attention_state_dict(name, sd, tpl), x)
 
 
 # --- ResNets -------------------------------------------------------------------
@@ -168,6 +169,7 @@ RESNETS = {
     'resnet50': (ref_resnet.Bottleneck, (3, 4, 6, 3), None, None),
     'se_resnet50': (ref_resnet.Bottleneck, (3, 4, 6, 3), 'se',
                     lambda s, c: ref_attention.SEModule(c)),
+    # Spatial-gate BN momentum 0.1: rattn's documented convention (the release: 0.01).
     'cbam_resnet50': (ref_resnet.Bottleneck, (3, 4, 6, 3), 'cbam',
                       lambda s, c: ref_attention.CBAM(c, bn_momentum=0.1)),
     'eca_resnet50_official': (ref_resnet.Bottleneck, (3, 4, 6, 3), 'eca',
@@ -196,9 +198,7 @@ def test_resnet_matches_reference(name):
 RAN_CASES = {
     # ImageNet layout at 96x96, width 1/8: stage maps 24, 12, 6 and 3x3 mask bottoms;
     # every ceil-mode pool (24 -> 12 -> 6 -> 3) keeps a window that floor mode would
-    # drop. (At 64x64 the batch statistics of 2x2 maps of two examples amplify rattn's
-    # float32 rounding in the input gradient to 2e-3 of its scale; rattn in float64
-    # agrees with the reference there to 1e-6.)
+    # drop, and the odd 3x3 bottoms make the corner-aligned upsampling fractional.
     'imagenet': ('ran56', 96, 0.125),
     # CIFAR layout at 32x32, width 1/4: stage maps 32, 16, 8 (mask levels 2, 1, 0).
     'cifar': ('ran56_cifar', 32, 0.25),
