@@ -30,9 +30,10 @@ Caffe semantics, kept on purpose because the authors' nets are Caffe nets:
   exactly as a two-tap gather per axis (no matrix product, so the
   multiply-add counter sees no resize work, as the paper's count does not).
 
-One deliberate departure: the released deploy prototxts end the mask with a
-``TanH`` layer, while the paper defines the mixed attention mask as a sigmoid
-(and ARL's (1 + M) in [1, 2] relies on M in [0, 1]); we follow the paper.
+The mixed mask ends in a sigmoid, as the paper defines it (ARL's (1 + M) in
+[1, 2] relies on M in [0, 1]) and as the authors' current deploy prototxts
+(``imagenet_model/Attention-*-deploy.prototxt``) end it; only their first upload
+had a ``TanH`` there, replaced by ``Sigmoid`` two days later.
 
 Every soft mask is sown as ``mask`` in the ``intermediates`` collection by
 the module named ``stage{s}_attention{k}``; :func:`collect_masks` gathers all
