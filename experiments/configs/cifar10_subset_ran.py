@@ -12,11 +12,11 @@ layout) at a quarter of the width: 70,830 parameters, 8.0M multiply-adds per
 batch 64, lr 0.1 with warm-up and cosine decay, pad-4 crop + flip, 975 steps
 (15 epochs).
 
-Measured (2 CPU cores shared with other jobs, load average ~7; seed 0): test
-accuracy 52.21% on the 1,017 test images (36.28% after 5 epochs, 44.94% after
-10); wall time 895 s (15 min), about 65 images/s in training. Baseline
-cifar10_subset_resnet.py, same conditions: 58.70% in 278 s. One seed each;
-with 1,017 test images one standard error is about 1.6 points.
+Measured (2 CPU cores shared with other jobs, load average 11-13; seed 0):
+test accuracy 49.16% on the 1,017 test images (34.41% after 5 epochs, 38.94%
+after 10); wall time 1,179 s (20 min) at that load. Baseline
+cifar10_subset_resnet.py (load ~7): 58.70% in 278 s. One seed each; with
+1,017 test images one standard error is about 1.6 points.
 """
 
 import ml_collections

@@ -10,10 +10,10 @@ this recipe: SGD Nesterov 0.9, weight decay 5e-4, batch 128, lr 0.1 with a
 short warm-up and cosine decay, pad-4 crop + flip, 940 steps (2 epochs of
 the 60,000 training images); eval on all 10,000 test images.
 
-Measured (2 CPU cores shared with other jobs, load average ~8; seed 0):
-  test accuracy 86.75% (82.25% after epoch 1); wall time 1,669 s (28 min),
-  about 85 images/s in training.
-  Baseline fashion_mnist_resnet.py, same conditions: 88.26% (80.89% after
+Measured (2 CPU cores shared with other jobs, load average 10-13; seed 0):
+  test accuracy 86.67% (77.37% after epoch 1); wall time 2,497 s (42 min) at
+  that load, a median of 70 images/s in training.
+  Baseline fashion_mnist_resnet.py (load ~8): 88.26% (80.89% after
   epoch 1) in 457 s, about 240-440 images/s. At this size and length the
   RAN is slower on a CPU (its mask branches are many small ops) and not
   more accurate (one seed each; the seed-to-seed spread is not measured).
