@@ -70,6 +70,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_resume_matches_uninterrupt
 
     # Training moves it aside, resumes from step 3 and redoes step 4 exactly.
     caplog.set_level('INFO')
+    caplog.set_level('INFO', logger='absl')  # absl's flag parsing (another test's CLI) sets it to WARNING
     result = train.train_and_evaluate(_config(), tmp_path)
   assert result['step'] == 4
   aside = list((tmp_path / 'checkpoints_damaged').iterdir())
@@ -139,6 +140,7 @@ def test_checksums_finiteness_and_old_checkpoints(tmp_path, caplog):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2', '3', '4']
 
   caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   step, restored = checkpoints.restore_latest_intact(_abstract(state))
   assert step == 1 and checkpoints.last_good_step() == 1
   np.testing.assert_array_equal(restored['w'], np.arange(16.0))
