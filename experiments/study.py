@@ -52,9 +52,9 @@ def _has_accelerator() -> bool:
   return bool(glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/accel[0-9]*'))
 
 
-def _choose(kind: str, value: str, valid) -> str:
+def _choose(kind: str, plural: str, value: str, valid) -> str:
   if value not in valid:
-    raise app.UsageError(f'Unknown {kind} {value!r}. Valid {kind}s are: {", ".join(valid)}. '
+    raise app.UsageError(f'Unknown {kind} {value!r}. Valid {plural} are: {", ".join(valid)}. '
                          f'Run python -m experiments.study NAME --workdir DIR --scale SCALE '
                          '(see python -m experiments.study --helpshort).')
   return value
@@ -75,8 +75,8 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'Name one study (got {len(argv) - 1}): python -m experiments.study '
                          f'NAME --workdir DIR, with NAME one of {", ".join(STUDIES)}.')
-  study = STUDIES[_choose('study', argv[1], list(STUDIES))]
-  scale_name = _choose('scale', _SCALE.value, SCALES)
+  study = STUDIES[_choose('study', 'studies', argv[1], list(STUDIES))]
+  scale_name = _choose('scale', 'scales', _SCALE.value, SCALES)
   scale = study.scales[scale_name]
   seeds = _SEEDS.value or scale.seeds
   accelerator = _has_accelerator()

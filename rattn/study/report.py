@@ -45,7 +45,7 @@ def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str
     speeds = [r['images_per_s'] for r in runs if r.get('images_per_s')]
     out.append({
         **dict(zip(axis_names, group)),
-        'model': runs[0]['model'],
+        'network': runs[0]['model'],
         'seeds': str(len(runs)),
         'test error % (final)': format_mean_std([_error(r, 'final_accuracy') for r in runs]),
         'test error % (best)': format_mean_std([_error(r, 'best_accuracy') for r in runs]),
@@ -61,7 +61,7 @@ def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str
 def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) -> str:
   """table.md: what was run, the table, and how to read it."""
   columns = [a.name for a in study.axes] + [
-      'model', 'seeds', 'test error % (final)', 'test error % (best)', 'paper error %',
+      'network', 'seeds', 'test error % (final)', 'test error % (best)', 'paper error %',
       'params', 'MACs', 'img/s', 'wall s']
   if not study.paper:
     columns.remove('paper error %')
