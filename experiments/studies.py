@@ -70,6 +70,11 @@ _RAN_WIDTH = {'smoke': {'model_kwargs.width': 0.0625}, 'cpu': {'model_kwargs.wid
 _RESNET_WIDTHS = {'smoke': {'model_kwargs.widths': (4, 8, 16)},
                   'cpu': {'model_kwargs.widths': (8, 16, 32)},
                   'gpu': {'model_kwargs.widths': (16, 32, 64)}}
+# The ResNet configs declare depth and bottleneck (so that attention_layers can change them):
+# a cell that switches to another pre-act ResNet sets both to that model's.
+_PREACT = {'preact_resnet20': {'model_kwargs.depth': 20, 'model_kwargs.bottleneck': False},
+           'preact_resnet56': {'model_kwargs.depth': 56, 'model_kwargs.bottleneck': False},
+           'preact_resnet164': {'model_kwargs.depth': 164, 'model_kwargs.bottleneck': True}}
 _NOTES = {
     'smoke': 'smoke scale: 2 steps at 16x16 (tests only; accuracy is meaningless)',
     'cpu': 'images resized to 16x16, batch 64, cosine schedule; quarter-width models',
@@ -77,39 +82,36 @@ _NOTES = {
 }
 
 
-def _ran_scales(models: Dict[str, Dict[str, str]], *,
-                only: Dict[str, Dict] = None) -> Dict[str, Scale]:
-  """Scales of a study whose cells are RAN configs; ``models`` maps scale -> option -> model."""
+def _scale(scale: str, config: str, overrides: Dict, option_overrides: Dict = None,
+           only: Dict = None, note: str = '') -> Scale:
+  return Scale(config=config, overrides=overrides, option_overrides=option_overrides or {},
+               only=only or {}, note=_NOTES[scale] + note,
+               seeds=1 if scale == 'smoke' else 2,
+               accelerator_parallel=8 if scale == 'gpu' else 4)
+
+
+def _ran_scales(only: Dict[str, Dict] = None) -> Dict[str, Scale]:
+  """Scales of a study whose cells are all RAN configs."""
   only = only or {}
-  base = {'smoke': (SMOKE_RAN_CONFIG, _SMOKE), 'cpu': (RAN_CONFIG, _CPU),
-          'gpu': (RAN_CONFIG, _GPU)}
-  return {scale: Scale(config=config, overrides={**run, **_RAN_WIDTH[scale]},
-                       option_overrides={label: {'model': model}
-                                         for label, model in models.get(scale, {}).items()},
-                       only=only.get(scale, {}), note=_NOTES[scale],
-                       seeds=1 if scale == 'smoke' else 2,
-                       accelerator_parallel=8 if scale == 'gpu' else 4)
-          for scale, (config, run) in base.items()}
+  return {scale: _scale(scale, config, {**run, **_RAN_WIDTH[scale]}, only=only.get(scale))
+          for scale, config, run in (('smoke', SMOKE_RAN_CONFIG, _SMOKE),
+                                     ('cpu', RAN_CONFIG, _CPU), ('gpu', RAN_CONFIG, _GPU))}
 
 
 def _ran_vs_resnet_scales(models: Dict[str, Dict[str, str]],
                           only: Dict[str, Dict] = None) -> Dict[str, Scale]:
-  """Scales of a study comparing RAN and ResNet options (each option picks its config)."""
+  """Scales of a study comparing RANs and ResNets: each option picks its model and config."""
   only = only or {}
-  configs = {'smoke': (SMOKE_RAN_CONFIG, SMOKE_RESNET_CONFIG, _SMOKE),
-             'cpu': (RAN_CONFIG, RESNET_CONFIG, _CPU), 'gpu': (RAN_CONFIG, RESNET_CONFIG, _GPU)}
   scales = {}
-  for scale, (ran, resnet, run) in configs.items():
-    option_overrides = {}
-    for label, model in models[scale].items():
-      if model.startswith('ran'):
-        option_overrides[label] = {'config': ran, 'model': model, **_RAN_WIDTH[scale]}
-      else:
-        option_overrides[label] = {'config': resnet, 'model': model, **_RESNET_WIDTHS[scale]}
-    scales[scale] = Scale(config=ran, overrides=run, option_overrides=option_overrides,
-                          only=only.get(scale, {}), note=_NOTES[scale],
-                          seeds=1 if scale == 'smoke' else 2,
-                       accelerator_parallel=8 if scale == 'gpu' else 4)
+  for scale, ran, resnet, run in (('smoke', SMOKE_RAN_CONFIG, SMOKE_RESNET_CONFIG, _SMOKE),
+                                  ('cpu', RAN_CONFIG, RESNET_CONFIG, _CPU),
+                                  ('gpu', RAN_CONFIG, RESNET_CONFIG, _GPU)):
+    option_overrides = {
+        label: ({'config': ran, 'model': model, **_RAN_WIDTH[scale]} if model.startswith('ran')
+                else {'config': resnet, 'model': model, **_PREACT[model],
+                      **_RESNET_WIDTHS[scale]})
+        for label, model in models[scale].items()}
+    scales[scale] = _scale(scale, ran, run, option_overrides, only.get(scale))
   return scales
 
 
@@ -122,7 +124,7 @@ ARL_VS_NAL = Study(
                               for d in _DEPTHS)),
           Axis('learning', (Option('arl', {'model_kwargs.residual_learning': True}),
                             Option('nal', {'model_kwargs.residual_learning': False})))),
-    scales=_ran_scales({}, only={'smoke': {'depth': ('ran56', 'ran92')},
+    scales=_ran_scales(only={'smoke': {'depth': ('ran56', 'ran92')},
                                  'cpu': {'depth': ('ran56', 'ran92')}}),
     x_axis='depth', x_label='depth (Attention-N)',
     paper=Paper(source='Wang et al. 2017 (arXiv 1704.06904), CIFAR-10 result of Attention-92',
@@ -135,7 +137,7 @@ MASK_TYPE = Study(
            'attention (Wang et al. 2017, Sec. 4.1).'),
     axes=(Axis('mask', tuple(Option(t, {'model_kwargs.attention_type': t})
                              for t in ('mixed', 'channel', 'spatial'))),),
-    scales=_ran_scales({}),  # the configs' own Attention-56
+    scales=_ran_scales(),  # the configs' own Attention-56
 )
 
 RAN_VS_RESNET = Study(
@@ -183,21 +185,16 @@ ATTENTION_LAYERS = Study(
                                   for a in _ATTENTIONS)),),
     # A bottleneck backbone: its units end at 4x the stage width (64/128/256 channels), so
     # every layer's default hyper-parameters fit (SGE's 64 groups, SE's C/16 hidden units).
-    scales={scale: Scale(
-        config=config, overrides={**run, **backbone},
-        note=_NOTES[scale] + f'; backbone: {label}',
-        seeds=1 if scale == 'smoke' else 2,
-                       accelerator_parallel=8 if scale == 'gpu' else 4)
-        for scale, config, run, backbone, label in (
-            ('smoke', SMOKE_RESNET_CONFIG, _SMOKE,
-             {'model': 'preact_resnet20', 'model_kwargs.depth': 11, 'model_kwargs.bottleneck': True,
-              'model_kwargs.widths': (16, 32, 64)}, 'pre-act bottleneck ResNet-11'),
-            ('cpu', RESNET_CONFIG, _CPU,
-             {'model': 'preact_resnet20', 'model_kwargs.depth': 11, 'model_kwargs.bottleneck': True,
-              'model_kwargs.widths': (16, 32, 64)}, 'pre-act bottleneck ResNet-11'),
-            ('gpu', RESNET_CONFIG, _GPU,
-             {'model': 'preact_resnet164', 'model_kwargs.depth': 164, 'model_kwargs.bottleneck': True,
-              'model_kwargs.widths': (16, 32, 64)}, 'pre-act ResNet-164'))},
+    scales={scale: _scale(scale, config, {**run, 'model_kwargs.bottleneck': True,
+                                          'model_kwargs.widths': (16, 32, 64),
+                                          'model': model, 'model_kwargs.depth': depth},
+                          note=f'; backbone: {label}')
+            for scale, config, run, model, depth, label in (
+                ('smoke', SMOKE_RESNET_CONFIG, _SMOKE, 'preact_resnet20', 11,
+                 'pre-act bottleneck ResNet-11 (preact_resnet20 with depth=11, bottleneck)'),
+                ('cpu', RESNET_CONFIG, _CPU, 'preact_resnet20', 11,
+                 'pre-act bottleneck ResNet-11 (preact_resnet20 with depth=11, bottleneck)'),
+                ('gpu', RESNET_CONFIG, _GPU, 'preact_resnet164', 164, 'pre-act ResNet-164'))},
 )
 
 STUDIES = {s.name: s for s in (ARL_VS_NAL, MASK_TYPE, RAN_VS_RESNET, LABEL_NOISE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -201,3 +202,22 @@ def test_smoke_study_through_the_cli_then_rerun_skips(tmp_path):
   again = _study_cli('label_noise', f'--workdir={workdir}', '--scale=smoke')
   assert again.returncode == 0, again.stderr[-3000:]
   assert '2 of 2 cells already finished' in again.stdout and '] start' not in again.stdout
+
+
+def _built_model(cell):
+  """The model a cell's command line builds (its config file plus its overrides)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from rattn.train import build_model  # pylint: disable=g-import-not-at-top
+  path, _, arg = cell.config.partition(':')
+  module = importlib.import_module(path.removesuffix('.py').replace('/', '.'))
+  config = module.get_config(arg or None)
+  config.update_from_flattened_dict(cell.overrides)
+  return build_model(config, 10)
+
+
+@pytest.mark.parametrize('name', ['ran_vs_resnet', 'label_noise', 'arl_vs_nal'])
+def test_cells_build_the_network_their_model_names(name):
+  # The ResNet configs declare depth/bottleneck: a cell that switches model must switch them too.
+  for cell in expand(STUDIES[name], 'gpu', 1):
+    model = _built_model(cell)
+    assert model.depth == int(re.search(r'\d+', cell.overrides['model']).group()), cell.name
