@@ -159,7 +159,8 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
     log(f'{len(rows)} of {total} cells already finished in {workdir}; '
         f'{len(todo)} to run.')
   environment = child_env(os.environ if env is None else env, parallel)
-  running: Dict[str, Any] = {}  # cell name -> (index, cell, process, log file, start time)
+  # cell name -> (index, cell, process, log file, start time, resumed)
+  running: Dict[str, Any] = {}
   failures: List[str] = []
   counts_cache: Dict[str, Dict[str, int]] = {}
 
@@ -185,8 +186,13 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
         out.close()
         wall = time.perf_counter() - t0
         cell_dir = workdir / name
+        row, why = None, f'exit status {process.returncode}'
         if process.returncode == 0:
-          row = result_row(study, scale, cell, cell_dir, wall, resumed, counts_cache)
+          try:
+            row = result_row(study, scale, cell, cell_dir, wall, resumed, counts_cache)
+          except (CellFailed, OSError, KeyError, ValueError) as e:  # unreadable run files
+            why = f'{type(e).__name__}: {e}'
+        if row is not None:
           (cell_dir / DONE_FILE).write_text(json.dumps(row, indent=2) + '\n')
           rows[name] = row
           walls.append(wall)
@@ -195,11 +201,10 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
           log(progress_line('done', index, total, name, time.perf_counter() - started,
                             eta(), detail))
         else:
-          failures.append(f'{name} (exit status {process.returncode}; log: '
-                          f'{cell_dir / LOG_FILE})')
+          failures.append(f'{name} ({why}; log: {cell_dir / LOG_FILE})')
           log(progress_line('FAIL', index, total, name, time.perf_counter() - started,
-                            eta(), f'exit status {process.returncode}'))
-  except KeyboardInterrupt:
+                            eta(), why))
+  except BaseException:  # Ctrl-C, or a bug here: never leave cells running unattended
     # SIGTERM makes each trainer checkpoint its current step and stop; a rerun resumes.
     for _, _, process, out, _, _ in running.values():
       process.send_signal(signal.SIGTERM)
