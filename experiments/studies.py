@@ -5,33 +5,36 @@ Every study here is data (rattn/study/spec.py): its axes, the config overrides
 of each option, the scales, and the paper's figures where we found them.
 
 Scales:
-  smoke  seconds a cell: a tiny RAN / ResNet, 2 steps on the CIFAR-10 subset
-         at 16x16; only for tests of the machinery (the accuracy means nothing).
+  smoke  seconds a cell for a pre-act ResNet: 2 steps on the CIFAR-10 subset at
+         16x16, tiny widths; only for tests of the machinery (the accuracy means
+         nothing). Its RAN cells are dominated by XLA compilation (1-2 min each
+         on a 2-core CPU), so the CLI test runs label_noise, whose smoke scale
+         keeps only the ResNet.
   cpu    Fashion-MNIST (60k/10k) at 16x16, quarter-width Attention-56/92
-         (CIFAR layout) and the same-size pre-act ResNet-20 (widths 8/16/32),
-         300 steps of batch 64 (a third of an epoch). Sized on this project's
-         2-core CPU: a quarter-width Attention-56 cell takes ~1.5 min, an
-         Attention-92 cell ~3 min (most of it start-up and XLA compilation:
-         ~75 s for Attention-92), so arl_vs_nal and label_noise (8 cells with
-         2 seeds) take ~15-25 min each; docs/studies.md has the measured times.
+         (CIFAR layout; 70,758 / 119,206 parameters at 28x28) and the
+         same-size pre-act ResNet-20 (widths 8/16/32), 200 steps of batch 64
+         (a fifth of an epoch), one eval on all 10,000 test images. On this
+         project's 2-core CPU most of a RAN cell is start-up and XLA
+         compilation (idle: ~20 s start-up, ~30 s / ~75 s to compile
+         Attention-56 / -92, ~20 s eval); arl_vs_nal and label_noise are 8
+         cells with 2 seeds. docs/studies.md has the measured wall times.
   gpu    Fashion-MNIST at 28x28 (the full CIFAR-10 is not in the offline data;
-         with it in $TFDS_DATA_DIR, add --override data.dataset=cifar10),
+         where it is, --override=data.dataset=cifar10 trains on it),
          full-width CIFAR-layout models, one epoch (470 steps of batch 128),
-         cells side by side (8 at a time). Not run yet: no accelerator was
-         available. The budget, from the H200 measurements in
-         ../shared/gpu/README.md (ran92_cifar, batch 256, float32: 7,108
-         img/s, 30 s to compile; Fashion-MNIST ten epochs of quarter-width
-         Attention-56 in 171 s):
-           per cell: ~20 s start-up + ~30-60 s compile, overlapped 8 at a time;
-           arl_vs_nal (16 cells, 2 seeds): 4 x 470 x 128 images per depth at
-             ~12k / 7k / 4.9k / 3.9k img/s (Attention-56/92/128/164, scaled
+         8 cells side by side. Not run yet: no accelerator was lent to the
+         session that wrote this. The budget, estimated from the H200
+         measurements in ../shared/gpu/README.md (ran92_cifar, batch 256,
+         float32: 7,108 img/s and 30 s to compile; bf16 52.9 s):
+           per cell ~20 s start-up + 30-60 s compile, overlapped 8 at a time;
+           arl_vs_nal (16 cells with 2 seeds): 4 x 470 x 128 images per depth
+             at ~12k / 7k / 4.9k / 3.9k img/s (Attention-56/92/128/164, scaled
              from Attention-92 by trunk modules) = 170 s of device time, plus
-             2 waves of ~60 s start-up: ~290 s;
+             2 waves of ~60 s start-up and compile: ~290 s;
            label_noise (16 cells): 8 x 60k images at ~7k img/s (Attention-92)
-             + 8 x 60k at ~9k img/s (pre-act ResNet-164) = 120 s, plus ~120 s
-             start-up: ~240 s. Two studies: ~9 min of the 15 available.
-         These are estimates until someone runs them; the first run's
-         progress lines (ETA) show whether to lower the steps.
+             + 8 x 60k at ~9k img/s (pre-act ResNet-164) = 120 s, plus ~120 s:
+             ~240 s. Two studies: ~9 min of the 15 that two must fit in.
+         These are estimates until the first run: its progress lines (ETA
+         from finished cells) show whether to lower num_train_steps.
 
 The paper's figures (test error %, CIFAR-10) printed beside ours are only
 those found in the sources named: Attention-92 4.99% (Wang et al. 2017, the
