@@ -24,7 +24,7 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments.studies import SCALES, STUDIES
 from rattn.study import expand, report, runner
@@ -52,9 +52,14 @@ def _has_accelerator() -> bool:
   return bool(glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/accel[0-9]*'))
 
 
+def _usage_error(message: str):
+  # One paragraph, without absl's usage text (the module docstring) around it.
+  sys.exit(f'ERROR: {message}')
+
+
 def _choose(kind: str, plural: str, value: str, valid) -> str:
   if value not in valid:
-    raise app.UsageError(f'Unknown {kind} {value!r}. Valid {plural} are: {", ".join(valid)}. '
+    _usage_error(f'Unknown {kind} {value!r}. Valid {plural} are: {", ".join(valid)}. '
                          f'Run python -m experiments.study NAME --workdir DIR --scale SCALE '
                          '(see python -m experiments.study --helpshort).')
   return value
@@ -65,7 +70,7 @@ def _overrides(items):
   for item in items:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      raise app.UsageError(f'--override={item!r}: use FIELD=VALUE, e.g. '
+      _usage_error(f'--override={item!r}: use FIELD=VALUE, e.g. '
                            '--override=dtype=bfloat16.')
     parsed[key.removeprefix('config.')] = value
   return parsed
@@ -73,7 +78,7 @@ def _overrides(items):
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError(f'Name one study (got {len(argv) - 1}): python -m experiments.study '
+    _usage_error(f'Name one study (got {len(argv) - 1}): python -m experiments.study '
                          f'NAME --workdir DIR, with NAME one of {", ".join(STUDIES)}.')
   study = STUDIES[_choose('study', 'studies', argv[1], list(STUDIES))]
   scale_name = _choose('scale', 'scales', _SCALE.value, SCALES)
