@@ -60,26 +60,25 @@ def _usage_error(message: str):
 def _choose(kind: str, plural: str, value: str, valid) -> str:
   if value not in valid:
     _usage_error(f'Unknown {kind} {value!r}. Valid {plural} are: {", ".join(valid)}. '
-                         f'Run python -m experiments.study NAME --workdir DIR --scale SCALE '
-                         '(see python -m experiments.study --helpshort).')
+                 'Run python -m experiments.study NAME --workdir DIR --scale SCALE '
+                 '(see python -m experiments.study --helpshort).')
   return value
 
 
-def _overrides(items):
+def _overrides(items) -> dict:
   parsed = {}
   for item in items:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      _usage_error(f'--override={item!r}: use FIELD=VALUE, e.g. '
-                           '--override=dtype=bfloat16.')
+      _usage_error(f'--override={item!r}: use FIELD=VALUE, e.g. --override=dtype=bfloat16.')
     parsed[key.removeprefix('config.')] = value
   return parsed
 
 
 def main(argv):
   if len(argv) != 2:
-    _usage_error(f'Name one study (got {len(argv) - 1}): python -m experiments.study '
-                         f'NAME --workdir DIR, with NAME one of {", ".join(STUDIES)}.')
+    _usage_error(f'Name one study (got {len(argv) - 1}): python -m experiments.study NAME '
+                 f'--workdir DIR, with NAME one of {", ".join(STUDIES)}.')
   study = STUDIES[_choose('study', 'studies', argv[1], list(STUDIES))]
   scale_name = _choose('scale', 'scales', _SCALE.value, SCALES)
   scale = study.scales[scale_name]
