@@ -66,11 +66,12 @@ def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) ->
   if not study.paper:
     columns.remove('paper error %')
   first = rows[0]
-  setting = study.scales[scale].note
+  setting = f'; {study.scales[scale].note}' if study.scales[scale].note else ''
+  seeds = ', '.join(sorted({str(r['seed']) for r in rows}))
   lines = [f'# Study `{study.name}`, scale `{scale}`', '',
            f'Claim tested: {study.claim}', '',
-           f'Ours: {first["dataset"]}, {first["steps"]:,} steps per run{"; " + setting if setting else ""}.'
-           f' Seeds: {", ".join(sorted({str(r["seed"]) for r in rows}))}.', '',
+           f'Ours: {first["dataset"]}, {first["steps"]:,} steps per run{setting}. Seeds: {seeds}.',
+           '',
            format_table(table_rows(study, rows), columns), '',
            'Test error = 100 − test accuracy, mean ± sample standard deviation over seeds, '
            'at the last step (final) and at the best eval (best). params / MACs: trainable '
