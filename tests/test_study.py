@@ -140,6 +140,8 @@ FAKE_TRAINER = textwrap.dedent('''
             {'step': 2, 'split': 'test', 'accuracy': 0.6},
             {'step': 4, 'split': 'train', 'images_per_s': 90},
             {'step': 4, 'split': 'test', 'accuracy': 0.5}]
+    if os.environ.get('NO_FINAL_EVAL') == workdir.name:
+      rows = rows[:3]
     (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\\n' for r in rows))
 ''')
 
@@ -170,6 +172,17 @@ def test_runner_skips_finished_cells_and_reruns_failed_ones(tmp_path):
   assert calls.count('b_n10_seed1') == 2 and calls.count('a_n10_seed1') == 1
   assert [r['cell'] for r in rows] == [c.name for c in cells]
   assert runner.read_done(workdir / 'b_n10_seed1')['resumed'] is True
+
+
+def test_a_run_without_its_final_eval_is_not_finished(tmp_path):
+  (tmp_path / 'fake_trainer.py').write_text(FAKE_TRAINER)
+  env = {**os.environ, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}',
+         'NO_FINAL_EVAL': 'a_n10_seed1'}
+  cells = expand(STUDY, 'small', seeds=1)[:1]
+  with pytest.raises(runner.CellFailed, match='no eval at the final step 4'):
+    runner.run_cells(STUDY, 'small', cells, tmp_path / 'study', module='fake_trainer', env=env,
+                     log=lambda line: None, poll_s=0.05)
+  assert runner.read_done(tmp_path / 'study' / 'a_n10_seed1') is None
 
 
 def _study_cli(*args, cwd=ROOT):
