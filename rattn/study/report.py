@@ -95,22 +95,21 @@ def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   x_index = [a.name for a in study.axes].index(study.x_axis)
-  series: Dict[Tuple[str, ...], List[Tuple[float, float, float, Optional[float]]]] = {}
+  series: Dict[Tuple[str, ...], List[Tuple[float, float, float]]] = {}
+  networks: Dict[Tuple[str, ...], set] = {}
   for group, runs in group_rows(rows).items():
     mean, std = mean_std([_error(r, 'final_accuracy') for r in runs])
-    paper = study.paper.errors.get(group) if study.paper else None
     key = group[:x_index] + group[x_index + 1:]
-    series.setdefault(key, []).append((runs[0]['x'], mean, std or 0.0, paper))
+    series.setdefault(key, []).append((runs[0]['x'], mean, std or 0.0))
+    networks.setdefault(key, set()).add(runs[0]['model'])
+  # The paper's figures stay in the table: they come from another dataset and run length,
+  # and on one axis with ours they would read as a comparison of values.
   fig, ax = plt.subplots(figsize=(6, 4))
   for key, points in series.items():
     points.sort()
-    xs = [p[0] for p in points]
-    line = ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker='o',
-                       capsize=3, label=' '.join(key) + ' (ours)')
-    paper_points = [(p[0], p[3]) for p in points if p[3] is not None]
-    if paper_points:
-      ax.plot(*zip(*paper_points), linestyle='--', marker='x',
-              color=line.lines[0].get_color(), label=' '.join(key) + ' (paper)')
+    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                marker='o', capsize=3,
+                label=f'{" ".join(key)} ({", ".join(sorted(networks[key]))})')
   ax.set_xlabel(study.x_label or study.x_axis)
   ax.set_ylabel('test error % (mean ± std over seeds)')
   ax.set_xticks(sorted({r['x'] for r in rows}))
