@@ -37,9 +37,10 @@ Scales:
          from finished cells) show whether to lower num_train_steps.
 
 The paper's figures (test error %, CIFAR-10) printed beside ours are only
-those found in the sources named: Attention-92 4.99% (Wang et al. 2017, the
-CIFAR-10 result of Attention-92 with attention residual learning and mixed
-attention) and pre-act ResNet-164 5.46% (He et al. 2016, Identity Mappings).
+those found in a source: Attention-92 4.99% (Wang et al. 2017, the CIFAR-10
+result of Attention-92 with attention residual learning and mixed attention)
+and pre-act ResNet-164 5.46% (He et al. 2016, Identity Mappings), both as
+quoted by public re-implementations (docs/studies.md names them).
 The ablation tables' per-depth / per-noise figures could not be retrieved
 here, so they are not printed.
 """
