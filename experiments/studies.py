@@ -14,10 +14,11 @@ Scales:
          (CIFAR layout; 70,758 / 119,206 parameters at 28x28) and the
          same-size pre-act ResNet-20 (widths 8/16/32), 200 steps of batch 64
          (a fifth of an epoch), one eval on all 10,000 test images. On this
-         project's 2-core CPU most of a RAN cell is start-up and XLA
-         compilation (idle: ~20 s start-up, ~30 s / ~75 s to compile
-         Attention-56 / -92, ~20 s eval); arl_vs_nal and label_noise are 8
-         cells with 2 seeds. docs/studies.md has the measured wall times.
+         project's 2-core CPU most of a RAN cell is start-up, data decoding
+         and XLA compilation (at load 2-5: ~20 s to start and decode, about
+         1 min (Attention-56) to 1.5 min (Attention-92) to compile, ~20 s for
+         the eval); arl_vs_nal and label_noise are 8 cells with 2 seeds.
+         docs/studies.md has the measured wall times.
   gpu    Fashion-MNIST at 28x28 (the full CIFAR-10 is not in the offline data;
          where it is, --override=data.dataset=cifar10 trains on it),
          full-width CIFAR-layout models, one epoch (470 steps of batch 128),
