@@ -16,7 +16,8 @@ from rattn.models.registry import MODELS, create_model
 from rattn.models.summary import count_macs, count_params
 
 RAN_NAMES = ['ran56', 'ran92', 'ran128', 'ran164',
-             'ran56_cifar', 'ran92_cifar', 'ran236_cifar', 'ran452_cifar']
+             'ran56_cifar', 'ran92_cifar', 'ran128_cifar', 'ran164_cifar', 'ran236_cifar',
+             'ran452_cifar']
 SCANNED = {'ran164', 'ran236_cifar'}
 
 

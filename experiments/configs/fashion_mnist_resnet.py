@@ -19,5 +19,7 @@ from experiments.configs import fashion_mnist_ran
 def get_config(arg=None) -> ml_collections.ConfigDict:
   config = fashion_mnist_ran.get_config(arg)
   config.model = 'preact_resnet20'
-  config.model_kwargs = dict(widths=(8, 16, 32))
+  # depth, bottleneck and attention are the registered model's defaults, declared so that
+  # overrides (e.g. experiments.study's) can change them.
+  config.model_kwargs = dict(widths=(8, 16, 32), depth=20, bottleneck=False, attention='')
   return config

@@ -395,7 +395,8 @@ CIFAR_LAYOUT = dict(stem='cifar', stem_width=16, stage_widths=(64, 128, 256),
 # would give 2.33M (+23%), 5.31M (+4%), 10.38M (+21%). Attention-452 uses
 # p, t, r = 2, 4, 3 (paper): 3 (2p + t) = 24 layers per module, so 18 modules.
 _IMAGENET_MODULES = {56: (1, 1, 1), 92: (1, 2, 3), 128: (3, 3, 3), 164: (4, 4, 4)}
-_CIFAR_MODULES = {56: (1, 1, 1), 92: (2, 2, 2), 236: (6, 6, 6), 452: (6, 6, 6)}
+_CIFAR_MODULES = {56: (1, 1, 1), 92: (2, 2, 2), 128: (3, 3, 3), 164: (4, 4, 4), 236: (6, 6, 6),
+                  452: (6, 6, 6)}
 
 
 def _variant(modules: Sequence[int], layout: Mapping[str, Any], **fields) -> functools.partial:
@@ -409,6 +410,8 @@ ran128 = _variant(_IMAGENET_MODULES[128], IMAGENET_LAYOUT)
 ran164 = _variant(_IMAGENET_MODULES[164], IMAGENET_LAYOUT)
 ran56_cifar = _variant(_CIFAR_MODULES[56], CIFAR_LAYOUT)
 ran92_cifar = _variant(_CIFAR_MODULES[92], CIFAR_LAYOUT)
+ran128_cifar = _variant(_CIFAR_MODULES[128], CIFAR_LAYOUT)
+ran164_cifar = _variant(_CIFAR_MODULES[164], CIFAR_LAYOUT)
 ran236_cifar = _variant(_CIFAR_MODULES[236], CIFAR_LAYOUT)
 ran452_cifar = _variant(_CIFAR_MODULES[452], CIFAR_LAYOUT, p=2, t=4, r=3)
 
@@ -421,5 +424,8 @@ register_model('ran128', ran128, depth=128, **_IMAGENET)
 register_model('ran164', ran164, depth=164, **_IMAGENET)
 register_model('ran56_cifar', ran56_cifar, depth=56, **_CIFAR)
 register_model('ran92_cifar', ran92_cifar, depth=92, paper_params=1.9e6, **_CIFAR)
+# The depths of the paper's CIFAR-10 ARL-vs-NAL ablation (experiments/studies.py).
+register_model('ran128_cifar', ran128_cifar, depth=128, **_CIFAR)
+register_model('ran164_cifar', ran164_cifar, depth=164, **_CIFAR)
 register_model('ran236_cifar', ran236_cifar, depth=236, paper_params=5.1e6, **_CIFAR)
 register_model('ran452_cifar', ran452_cifar, depth=452, paper_params=8.6e6, **_CIFAR)

@@ -1,0 +1,126 @@
+"""A study's table (mean ± std over seeds per cell, beside the paper) and its plot."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import statistics
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from rattn.models.summary import format_count, format_table
+from rattn.study.spec import Study
+
+TABLE_FILE = 'table.md'
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+  """Mean and sample standard deviation (None for a single value)."""
+  mean = statistics.mean(values)
+  return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
+  mean, std = mean_std(values)
+  return f'{mean:.{digits}f}' if std is None else f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def group_rows(rows: Sequence[Mapping[str, Any]]) -> Dict[Tuple[str, ...], List[Mapping]]:
+  """Rows by their cell without the seed, in first-seen (grid) order."""
+  groups: Dict[Tuple[str, ...], List[Mapping]] = collections.OrderedDict()
+  for row in rows:
+    groups.setdefault(tuple(row['group'].values()), []).append(row)
+  return groups
+
+
+def _error(row: Mapping[str, Any], key: str) -> float:
+  return 100.0 * (1.0 - row[key])
+
+
+def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
+  """One table row per cell: test error over seeds, the paper's figure, cost."""
+  axis_names = [a.name for a in study.axes]
+  out = []
+  for group, runs in group_rows(rows).items():
+    paper = study.paper.errors.get(group) if study.paper else None
+    speeds = [r['images_per_s'] for r in runs if r.get('images_per_s')]
+    out.append({
+        **dict(zip(axis_names, group)),
+        'network': runs[0]['model'],
+        'seeds': str(len(runs)),
+        'test error % (final)': format_mean_std([_error(r, 'final_accuracy') for r in runs]),
+        'test error % (best)': format_mean_std([_error(r, 'best_accuracy') for r in runs]),
+        'paper error %': '' if paper is None else f'{paper:.2f}',
+        'params': f'{runs[0]["params"]:,}',
+        'MACs': format_count(runs[0]['macs']),
+        'img/s': f'{statistics.median(speeds):,.0f}' if speeds else '',
+        'wall s': f'{statistics.mean(r["wall_s"] for r in runs):,.0f}',
+    })
+  return out
+
+
+def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  """table.md: what was run, the table, and how to read it."""
+  columns = [a.name for a in study.axes] + [
+      'network', 'seeds', 'test error % (final)', 'test error % (best)', 'paper error %',
+      'params', 'MACs', 'img/s', 'wall s']
+  if not study.paper:
+    columns.remove('paper error %')
+  first = rows[0]
+  setting = f'; {study.scales[scale].note}' if study.scales[scale].note else ''
+  seeds = ', '.join(sorted({str(r['seed']) for r in rows}))
+  lines = [f'# Study `{study.name}`, scale `{scale}`', '',
+           f'Claim tested: {study.claim}', '',
+           f'Ours: {first["dataset"]}, {first["steps"]:,} steps per run{setting}. Seeds: {seeds}.',
+           '',
+           format_table(table_rows(study, rows), columns), '',
+           'Test error = 100 − test accuracy, mean ± sample standard deviation over seeds, '
+           'at the last step (final) and at the best eval (best). params / MACs: trainable '
+           'parameters / multiply-adds per image at this input size; img/s: median training '
+           'throughput; wall s: mean wall time of one run (start-up included).']
+  if study.paper:
+    lines += ['', f'Paper: {study.paper.source}'
+              + (f' ({study.paper.setting})' if study.paper.setting else '')
+              + '. Its figures come from a different, far longer setting: compare the '
+              'direction and size of differences, not the values.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
+         path: pathlib.Path) -> Optional[pathlib.Path]:
+  """Test error against the study's x-axis, one line per series (None if it has no x-axis)."""
+  if study.x_axis is None:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  x_index = [a.name for a in study.axes].index(study.x_axis)
+  series: Dict[Tuple[str, ...], List[Tuple[float, float, float]]] = {}
+  networks: Dict[Tuple[str, ...], set] = {}
+  for group, runs in group_rows(rows).items():
+    mean, std = mean_std([_error(r, 'final_accuracy') for r in runs])
+    key = group[:x_index] + group[x_index + 1:]
+    series.setdefault(key, []).append((runs[0]['x'], mean, std or 0.0))
+    networks.setdefault(key, set()).add(runs[0]['model'])
+  # The paper's figures stay in the table: they come from another dataset and run length,
+  # and on one axis with ours they would read as a comparison of values.
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for key, points in series.items():
+    points.sort()
+    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                marker='o', capsize=3,
+                label=f'{" ".join(key)} ({", ".join(sorted(networks[key]))})')
+  ax.set_xlabel(study.x_label or study.x_axis)
+  ax.set_ylabel('test error % (mean ± std over seeds)')
+  ax.set_xticks(sorted({r['x'] for r in rows}))
+  ax.set_title(f'{study.name} ({scale} scale, {rows[0]["dataset"]})')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+__all__ = ['TABLE_FILE', 'format_mean_std', 'group_rows', 'mean_std', 'plot', 'render_table',
+           'table_rows']
