@@ -271,3 +271,9 @@ def test_a_mistake_ends_in_one_paragraph_and_changes_nothing(command, arguments,
   assert said[0].startswith(('ERROR (', 'FATAL Flags parsing error: ')), said[0]
   assert phrase in said[0], said[0]
   assert [_hashes(w) for w in workdirs] == before
+
+
+def test_a_saved_run_reads_its_data_where_training_did(saved_run, real_data_dir, monkeypatch):
+  monkeypatch.delenv('TFDS_DATA_DIR')  # visualize, run without it, still finds the images
+  _, _, config = train.load_trained(str(saved_run))
+  assert config.data.data_dir == os.path.abspath(real_data_dir)

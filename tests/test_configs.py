@@ -19,8 +19,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / 'experiments' / 'configs'
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem != '__init__')
 # Small enough to build here; the rest are checked for their model name only.
-SMALL = ('tiny', 'fashion_mnist_ran', 'fashion_mnist_resnet', 'cifar10_subset_ran',
-         'cifar10_subset_resnet')
+SMALL = ('tiny', 'fashion_mnist_ran', 'fashion_mnist_ran_quick', 'fashion_mnist_resnet',
+         'cifar10_subset_ran', 'cifar10_subset_resnet')
 IMAGE_SHAPES = {'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 
 
