@@ -169,12 +169,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           'nothing was lost and no checkpoint was needed (the workdir\'s checkpoints, if '
           'any, are as they were). Rerun the same command to start again.', None)
 
+  workdir_files.check_same_run(workdir, config)  # before anything is read, moved or rewritten
   plan = make_plan(config)  # the config is checked once, here
   mesh, info = plan.mesh, plan.data.info
   total_steps = int(config.num_train_steps)
   if is_primary:
     workdir_files.make_workdir(workdir)
-  workdir_files.check_same_run(workdir, config)  # before anything is read, moved or rewritten
   logging.info('%d process(es), %d %s device(s); global batch %d (%d per device).',
                jax.process_count(), mesh.size, jax.devices()[0].platform, config.batch_size,
                config.batch_size // mesh.size)
