@@ -198,8 +198,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('Give exactly one of --model, --input and --summarize'
                          + (f' (got {", ".join(given)}).' if given else '.'))
   if _SUMMARIZE.value:
-    with open(_SUMMARIZE.value) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+    try:
+      with open(_SUMMARIZE.value) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+      raise app.UsageError(f'--summarize {_SUMMARIZE.value}: cannot read it as a results file '
+                           f'({e}); give a JSONL file that --json_out wrote.') from None
     print(report.table(records))
     return
   records = _measure(_given_flags())

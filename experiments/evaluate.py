@@ -26,6 +26,12 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the t
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: '
                                    'the config\'s eval_batch_size).')
 _JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.')
+flags.register_validator('batch_size', lambda size: size is None or size >= 1,
+                         "--batch_size must be a positive number of images (leave it out for "
+                         "the training config's eval_batch_size).")
+flags.register_validator('step', lambda step: step is None or step >= 0,
+                         '--step must be a checkpoint step, a number >= 0 (leave it out for '
+                         'the best checkpoint).')
 
 
 def main(argv):

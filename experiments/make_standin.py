@@ -11,6 +11,7 @@ in rattn/data/standin.py. A data dir holds one build: delete
 DATA_DIR/imagenet_standin to rebuild it with other sizes.
 """
 
+import os
 import statistics
 
 from absl import app, flags
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rattn.data import jpeg, standin
+from rattn.train import cli
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir to write into.')
 _NUM_TRAIN = flags.DEFINE_integer('num_train', 4000, "Images in the 'train' split.")
@@ -33,6 +35,11 @@ def main(argv):
   if _NUM_TRAIN.value < 1 or _NUM_VAL.value < 1:
     raise app.UsageError(f'--num_train and --num_val must be at least 1 (got '
                          f'{_NUM_TRAIN.value} and {_NUM_VAL.value}).')
+  try:
+    os.makedirs(_DATA_DIR.value, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f'--data_dir {_DATA_DIR.value} cannot be created ({e.strerror or e}); '
+                         'give a directory you can write to.') from None
   tfds.disable_progress_bar()
   builder = standin.build(_DATA_DIR.value, _NUM_TRAIN.value, _NUM_VAL.value, _SEED.value)
   wanted = {'train': _NUM_TRAIN.value, 'validation': _NUM_VAL.value}
@@ -53,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

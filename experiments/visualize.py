@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from rattn import data, train, viz
 from rattn.train import cli
-from rattn.train.checkpoint import CheckpointError
+from rattn.train.checkpoint import CheckpointError, DamagedCheckpointError
 
 flags.adopt_module_key_flags(cli)  # --workdir
 _OUT = flags.DEFINE_string('out', None, 'PNG path; a prefix when the model gives several '
@@ -82,23 +82,35 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
               split: Optional[str] = None, step: Optional[int] = None, dpi: int = 100
               ) -> List[pathlib.Path]:
   """Writes the attention figures of ``workdir``'s checkpoint; returns the paths written."""
-  png_path(out)  # a bad --out fails before the model loads
+  folder = png_path(out).parent  # a bad --out fails before the model loads
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f'--out {out}: its directory {folder} cannot be created '
+                         f'({e.strerror or e}); give a path in a directory you can write to.'
+                         ) from None
   try:
     model, variables, config = train.load_trained(workdir, step=step)
   except (FileNotFoundError, CheckpointError) as e:
+    if step is not None or isinstance(e, DamagedCheckpointError):
+      raise
     raise type(e)(
-        f'{e}\nTrain a model into the workdir first, e.g. a small RAN (a few minutes on a '
-        'CPU):\n  python -m experiments.cifar --config experiments/configs/fashion_mnist_ran.py '
-        f'--config.num_train_steps=300 --workdir {workdir}\nthen run this command again.'
-    ) from None
+        f'{e} Train a model into the workdir first, e.g. a small RAN (about 10 minutes on a '
+        'CPU): `python -m experiments.cifar --config '
+        f'experiments/configs/fashion_mnist_ran_quick.py --workdir {workdir}`, then run this '
+        'command again.') from None
   images = read_images(config.data, split, num_images)
   info = config.dataset_info
-  figures: Dict[str, Figure] = viz.attention_figures(
-      model, variables, images, info['mean'], info['std'], channel=channel,
-      label=f'{config.model} on {info["name"]}, step {config.restored_step}')
+  try:
+    figures: Dict[str, Figure] = viz.attention_figures(
+        model, variables, images, info['mean'], info['std'], channel=channel,
+        label=f'{config.model} on {info["name"]}, step {config.restored_step}')
+  except viz.NoAttentionError as e:
+    raise train.ConfigError(
+        f'Nothing to draw in {workdir}: {e} (its model is {config.model!r} with '
+        f'model_kwargs={config.model_kwargs.to_dict()}).') from None
   paths = output_paths(out, list(figures))
   for name, figure in figures.items():
-    paths[name].parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(paths[name], dpi=dpi)
   return list(paths.values())
 

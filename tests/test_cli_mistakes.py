@@ -1,9 +1,13 @@
 """The command lines, as a user runs them: start-up SIGTERM, a missing dataset offline,
-a scalar given for a tuple field. Each mistake ends in one paragraph, never a traceback."""
+a scalar given for a tuple field, and a table of mistakes in every command. Each mistake
+ends in one paragraph, never a traceback, and leaves what the workdir holds as it was."""
 
+import hashlib
 import logging
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,12 +15,15 @@ import time
 import types
 from unittest import mock
 
+import jax
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments.configs import tiny
 from rattn import data, train
 from rattn.data import datasets
 from rattn.train import cli
+from rattn.train import workdir as workdir_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = [sys.executable, '-m', 'experiments.cifar', '--config', 'experiments/configs/tiny.py']
@@ -109,3 +116,164 @@ def test_closed_event_loop_errors_after_a_failed_restore_are_hidden_others_kept(
   hook(closed)
   hook(other)
   assert shown == [other]
+
+
+# ---------------------------------------------------------------- the table of mistakes
+
+# (id, command, arguments, a phrase of the one-paragraph answer). In the arguments,
+# {saved} is a workdir as training leaves it (tiny.py), {damaged} the same with a flipped
+# array file, {tmp} the row's own directory and {file} a regular file in it.
+TINY = ['--config', 'experiments/configs/tiny.py']
+MISTAKES = [
+    ('config_missing', 'cifar', ['--config', 'nope.py', '--workdir', '{tmp}/run'],
+     'nope.py does not exist'),
+    ('config_is_a_directory', 'cifar', ['--config', 'experiments/configs', '--workdir',
+                                        '{tmp}/run'], 'experiments/configs is a directory'),
+    ('config_syntax_error', 'cifar', ['--config', '{tmp}/syntax.py', '--workdir', '{tmp}/run'],
+     "syntax.py has a syntax error, line 1: invalid syntax: 'def get_config(:'"),
+    ('config_argument', 'cifar', ['--config', 'experiments/configs/ran_cifar.py:attention=sex',
+                                  '--workdir', '{tmp}/run'], "attention='sex' is not valid"),
+    ('config_argument_for_another_model', 'cifar',
+     ['--config', 'experiments/configs/ran_cifar.py:model=preact_resnet164,attention=spatial',
+      '--workdir', '{tmp}/run'], 'apply to the Residual Attention Networks'),
+    ('misspelt_field', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.batchsize=3'],
+     'Did you mean --config.batch_size?'),
+    ('undeclared_model_kwarg', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', '--config.model_kwargs.attention=sex'],
+     "no field 'attention'. Check the spelling"),
+    ('unknown_model', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.model=ran57'],
+     "Unknown model 'ran57'. Did you mean"),
+    ('imagenet_model_on_small_images', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', '--config.model=ran56'],
+     'designed for 224x224 images, but the data gives 16x16'),
+    ('unknown_dataset', 'cifar', TINY + ['--workdir', '{tmp}/run',
+                                         '--config.data.dataset=imagenet3'],
+     "Unknown dataset 'imagenet3' (data.dataset). Valid datasets are"),
+    ('image_size', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.image_size=0'],
+     'data.image_size must be positive, got 0'),
+    ('augment', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.augment=flip'],
+     "Unknown augment 'flip' (data.augment); use 'auto'"),
+    ('label_noise', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.label_noise=1.5'],
+     'data.label_noise=1.5 is not a rate'),
+    ('eval_split', 'cifar', TINY + ['--workdir', '{tmp}/run',
+                                    '--config.data.eval_split=validation'],
+     "data.eval_split='validation': cifar10 cannot read the split 'validation'"),
+    ('workdir_is_a_file', 'cifar', TINY + ['--workdir', '{file}'], 'is a file, not a directory'),
+    ('workdir_under_a_file', 'cifar', TINY + ['--workdir', '{file}/run'],
+     'cannot be created or written to (Not a directory)'),
+    # Root passes every permission check; /proc refuses root's writes too.
+    ('workdir_not_writable', 'cifar', TINY + ['--workdir', '/proc/rattn_run'],
+     '/proc/rattn_run cannot be created or written to'),
+    ('workdir_missing', 'cifar', TINY, '--workdir must be given'),
+    ('workdir_of_another_model', 'cifar',
+     TINY + ['--workdir', '{saved}', "--config.model_kwargs.widths=(8, 16, 32)"],
+     "holds a run of model 'preact_resnet20' (model_kwargs={'widths': [4, 8, 16]}"),
+    ('evaluate_unknown_split', 'evaluate', ['--workdir', '{saved}', '--split', 'tset'],
+     "cifar10 cannot read the split 'tset'"),
+    ('evaluate_other_image_shape', 'evaluate', ['--workdir', '{saved}', '--dataset',
+                                                'fashion_mnist'],
+     'would give images of shape (16, 16, 1), so the model cannot be evaluated there'),
+    ('evaluate_other_classes', 'evaluate', ['--workdir', '{saved}', '--dataset', 'cifar100'],
+     'cifar100 has 100 classes'),
+    ('evaluate_batch_size', 'evaluate', ['--workdir', '{saved}', '--batch_size', '0'],
+     '--batch_size must be a positive number'),
+    ('evaluate_step', 'evaluate', ['--workdir', '{saved}', '--step', '7'],
+     'No checkpoint at step 7'),
+    ('evaluate_not_a_workdir', 'evaluate', ['--workdir', '{tmp}/run'],
+     'is not a training workdir'),
+    ('evaluate_damaged_checkpoint', 'evaluate', ['--workdir', '{damaged}'],
+     'The checkpoint at step 2'),
+    ('visualize_no_attention', 'visualize', ['--workdir', '{saved}', '--out', '{tmp}/m.png'],
+     "Nothing to draw in"),
+    ('visualize_out_under_a_file', 'visualize', ['--workdir', '{saved}', '--out',
+                                                 '{file}/m.png'], 'cannot be created'),
+    ('bench_unknown_model', 'bench', ['--model', 'ran56_cifra'],
+     "Unknown model 'ran56_cifra'. Did you mean 'ran56_cifar'"),
+    ('bench_misspelt_kwarg', 'bench', ['--model', 'preact_resnet20', '--model_kwargs',
+                                       '{"widht": 2}'], "unexpected keyword argument 'widht'"),
+    ('bench_summarize_missing', 'bench', ['--summarize', '{tmp}/results.jsonl'],
+     'cannot read it as a results file'),
+    ('summary_unknown_model', 'summary', ['--models', 'resnet51'], "Unknown model 'resnet51'"),
+    ('make_standin_data_dir', 'make_standin', ['--data_dir', '{file}/tfds'],
+     'cannot be created (Not a directory)'),
+]
+SAVED_STEP = 2
+_LOG_LINE = re.compile(r'[IWE]\d{4} \d\d:\d\d:\d\d')  # absl's log lines
+_FLAGS_HELP = 'Pass --helpshort or --helpfull to see help on flags.'
+
+
+@pytest.fixture(scope='module')
+def saved_run(tmp_path_factory, real_data_dir):
+  """A workdir as tiny.py's training leaves it (run files, one checkpoint), made without
+  training; its data dir is the prepared CIFAR-10 subset."""
+  workdir = tmp_path_factory.mktemp('saved_run')
+  config = tiny.get_config()
+  spec = datasets.SPECS['cifar10']
+  info = data.DatasetInfo('cifar10', 10, (16, 16, 3), 4153, 1017, spec.mean, spec.std)
+  plan = train.make_plan(config, train.make_mesh(jax.devices()[:1]),
+                         image_shape=info.image_shape, num_classes=info.num_classes)
+  checkpoints = train.Checkpointer(workdir_files.checkpoint_dir(workdir))
+  checkpoints.save(SAVED_STEP, plan.init_state())
+  checkpoints.close()
+  workdir_files.write_run_files(workdir, config, info, real_data_dir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def damaged_run(saved_run, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('damaged') / 'run'
+  shutil.copytree(saved_run, workdir)
+  # state/d/ holds the OCDBT data that restores read; flip bytes of its largest file.
+  array_file = max((workdir_files.checkpoint_dir(workdir) / str(SAVED_STEP) / 'state' / 'd')
+                   .iterdir(), key=lambda p: p.stat().st_size)
+  raw = bytearray(array_file.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 58] = bytes(b ^ 0xFF for b in raw[middle:middle + 58])
+  array_file.write_bytes(bytes(raw))
+  return workdir
+
+
+def _fill(argument, places):
+  for name, path in places.items():
+    argument = argument.replace('{' + name + '}', str(path))
+  return argument
+
+
+def _hashes(workdir: pathlib.Path):
+  return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(workdir.rglob('*')) if p.is_file()}
+
+
+@pytest.mark.parametrize('command, arguments, phrase',
+                         [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
+def test_a_mistake_ends_in_one_paragraph_and_changes_nothing(command, arguments, phrase,
+                                                            request, tmp_path):
+  (tmp_path / 'syntax.py').write_text('def get_config(:\n  pass\n')
+  (tmp_path / 'file').write_text('not a directory\n')
+  places = {'tmp': tmp_path, 'file': tmp_path / 'file'}
+  joined = ' '.join(arguments)
+  for name in ('saved', 'damaged'):
+    if '{' + name + '}' in joined:
+      places[name] = request.getfixturevalue(f'{name}_run')
+  workdirs = [places[n] for n in ('saved', 'damaged') if n in places]
+  before = [_hashes(w) for w in workdirs]
+  out = subprocess.run(
+      [sys.executable, '-m', f'experiments.{command}',
+       *(_fill(a, places) for a in arguments)],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=_env(RATTN_DATA_DOWNLOAD='false'))
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+  # One paragraph: absl's log lines aside, the error line (and absl's flag-help line).
+  said = [line for line in out.stderr.splitlines()
+          if line.strip() and not _LOG_LINE.match(line) and line != _FLAGS_HELP]
+  assert len(said) == 1, out.stderr[-3000:]
+  assert said[0].startswith(('ERROR (', 'FATAL Flags parsing error: ')), said[0]
+  assert phrase in said[0], said[0]
+  assert [_hashes(w) for w in workdirs] == before
+
+
+def test_a_saved_run_reads_its_data_where_training_did(saved_run, real_data_dir, monkeypatch):
+  monkeypatch.delenv('TFDS_DATA_DIR')  # visualize, run without it, still finds the images
+  _, _, config = train.load_trained(str(saved_run))
+  assert config.data.data_dir == os.path.abspath(real_data_dir)

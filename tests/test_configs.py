@@ -11,6 +11,7 @@ import pytest
 
 from rattn import train
 from rattn.models import MODELS
+from rattn.train.plan import check_input_size
 from train_worker import register, tiny_config
 
 register()
@@ -18,8 +19,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / 'experiments' / 'configs'
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem != '__init__')
 # Small enough to build here; the rest are checked for their model name only.
-SMALL = ('tiny', 'fashion_mnist_ran', 'fashion_mnist_resnet', 'cifar10_subset_ran',
-         'cifar10_subset_resnet')
+SMALL = ('tiny', 'fashion_mnist_ran', 'fashion_mnist_ran_quick', 'fashion_mnist_resnet',
+         'cifar10_subset_ran', 'cifar10_subset_resnet')
 IMAGE_SHAPES = {'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 
 
@@ -128,6 +129,24 @@ def test_unknown_ran_attention_type():
   with pytest.raises(train.ConfigError, match="Unknown attention_type 'both'.*mixed.*Without "
                      'model_kwargs it initialises'):
     _plan(config, (32, 32, 3)).abstract_state()
+
+
+def test_a_model_far_from_its_design_input_size_is_refused_unless_meant():
+  config = _module('fashion_mnist_ran').get_config()  # ran56_cifar, designed for 32 px
+  for size in (16, 28, 64):  # up to 2x off either way: tiny.py's 16 px, Fashion-MNIST's 28
+    check_input_size(config, size)
+  for size in (15, 65):
+    with pytest.raises(train.ConfigError, match=f"'ran56_cifar' was designed for 32x32 "
+                       f'images, but the data gives {size}x{size}'):
+      check_input_size(config, size)
+  config.model = 'ran56'
+  with pytest.raises(train.ConfigError, match=r"designed for 224x224 images, but the data gives "
+                     r"32x32 \(config.data.dataset='fashion_mnist'\).*this input \(registered "
+                     r'for this size: .*ran56_cifar.*--config.data.image_size=224.*'
+                     r'--config.allow_input_size_mismatch=True'):
+    check_input_size(config, 32)
+  config.allow_input_size_mismatch = True
+  check_input_size(config, 32)
 
 
 def test_batch_not_divisible_by_devices(tmp_path):

@@ -49,11 +49,13 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     last = _records(tmp_path)[-1]
     assert last['event'] == 'start' and last['step'] == 4  # resumed at the end: no steps
 
-    # A config whose state does not fit the checkpoint: a clear error, nothing deleted.
+    # Another model's config: refused before anything is read, nothing changed.
     wider = tiny_config(num_train_steps=6)
     wider.model_kwargs = {'width': 16}
     before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
-    with pytest.raises(train.CheckpointError, match='Nothing has been deleted.*new --workdir'):
+    with pytest.raises(train.WorkdirError, match=r"holds a run of model 'train_test_tiny' "
+                       r"\(model_kwargs=\{'width': 8\}.*asks for model_kwargs=\{'width': 16\}.*"
+                       'Nothing was changed. Use a new --workdir'):
       train.train_and_evaluate(wider, tmp_path)
     assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
     assert json.loads((tmp_path / 'config.json').read_text())['model_kwargs'] == {'width': 8}

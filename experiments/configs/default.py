@@ -32,6 +32,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Model: a name from rattn.models.list_models() and that model's keyword arguments.
   config.model = 'ran92_cifar'
   config.model_kwargs = ml_collections.ConfigDict()
+  # A model is refused on images more than 2x larger or smaller than the size it was
+  # designed for (its registry entry's image_size, e.g. 224 for ran56, 32 for ran56_cifar);
+  # True runs it anyway.
+  config.allow_input_size_mismatch = False
   # Compute dtype: 'float32' or 'bfloat16' (parameters and the loss stay float32).
   config.dtype = 'float32'
 

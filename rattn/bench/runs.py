@@ -17,7 +17,6 @@ import numpy as np
 
 from rattn import data, train
 from rattn.bench import hardware, measure, profile
-from rattn.models import MODELS
 from rattn.models.summary import count_macs, count_params
 
 PROFILE_STEPS = 3
@@ -46,7 +45,7 @@ def bench_model(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
   at the model's registered input size and class count (no data is read).
   """
   name, batch_size = config.model, int(config.batch_size)
-  info = MODELS.info(name)
+  info = train.model_entry(config).info  # a ConfigError for an unknown name
   image_size, num_classes = info['image_size'], info['num_classes']
   plan = train.make_plan(config, train.make_mesh(devices),
                          image_shape=(image_size, image_size, 3), num_classes=num_classes)

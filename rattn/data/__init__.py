@@ -8,6 +8,7 @@
 """
 
 from rattn.data.config import data_config
+from rattn.data.datasets import DataConfigError
 from rattn.data.datasets import DatasetInfo
 from rattn.data.datasets import DatasetNotFoundError
 from rattn.data.datasets import data_dir
@@ -22,6 +23,7 @@ from rattn.data.pipeline import measure_throughput
 from rattn.data.pipeline import split_batch
 
 __all__ = [
+    'DataConfigError',
     'DataPlan',
     'DatasetInfo',
     'DatasetNotFoundError',

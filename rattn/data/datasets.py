@@ -87,6 +87,11 @@ SPECS: Dict[str, DatasetSpec] = {
 AUGMENTS = ('cifar', 'imagenet', 'none')
 
 
+class DataConfigError(ValueError):
+  """A data config field (or a split asked for) cannot be used; the message says what to
+  change. Raised by the checks below, which ``DataPlan`` runs once."""
+
+
 class DatasetNotFoundError(ValueError):
   """The dataset is not prepared in the data dir and cannot be prepared here."""
 
@@ -106,14 +111,19 @@ class DatasetInfo:
 def spec(data_cfg: ml_collections.ConfigDict) -> DatasetSpec:
   name = data_cfg.dataset
   if name not in SPECS:
-    raise ValueError(f'Unknown dataset {name!r}. Valid datasets are: {", ".join(sorted(SPECS))}.')
+    raise DataConfigError(f'Unknown dataset {name!r} (data.dataset). Valid datasets are: '
+                          f'{", ".join(sorted(SPECS))}.')
   return SPECS[name]
 
 
 def image_size(data_cfg: ml_collections.ConfigDict) -> int:
-  size = data_cfg.image_size or spec(data_cfg).default_size
+  size = data_cfg.image_size
+  if size is None:
+    return spec(data_cfg).default_size
   if size <= 0:
-    raise ValueError(f'image_size must be positive, got {size}.')
+    raise DataConfigError(f'data.image_size must be positive, got {size}: give the side of the '
+                          'square images the model sees, or None for the dataset\'s own size '
+                          f'({spec(data_cfg).default_size}).')
   return size
 
 
@@ -122,21 +132,22 @@ def augment_name(data_cfg: ml_collections.ConfigDict) -> str:
   ds_spec = spec(data_cfg)
   name = ds_spec.default_augment if data_cfg.augment == 'auto' else data_cfg.augment
   if name not in AUGMENTS:
-    raise ValueError(f"Unknown augment {name!r}; use 'auto', {', '.join(map(repr, AUGMENTS))}.")
+    raise DataConfigError(f"Unknown augment {name!r} (data.augment); use 'auto', "
+                          f"{', '.join(map(repr, AUGMENTS))}.")
   if name == 'cifar' and not ds_spec.small:
-    raise ValueError(f"augment='cifar' needs fixed-size images; use 'imagenet' for "
+    raise DataConfigError(f"augment='cifar' needs fixed-size images; use 'imagenet' for "
                      f'{data_cfg.dataset}.')
   if name == 'imagenet' and ds_spec.small:
-    raise ValueError(f"augment='imagenet' is for ImageNet; use 'cifar' for {data_cfg.dataset}.")
+    raise DataConfigError(f"augment='imagenet' is for ImageNet; use 'cifar' for {data_cfg.dataset}.")
   return name
 
 
 def in_memory(data_cfg: ml_collections.ConfigDict) -> bool:
   value = str(data_cfg.cache_in_memory).lower()
   if value not in ('auto', 'true', 'false'):
-    raise ValueError(f"cache_in_memory must be 'auto', 'true' or 'false', got {value!r}.")
+    raise DataConfigError(f"data.cache_in_memory must be 'auto', 'true' or 'false', got {value!r}.")
   if value == 'true' and not spec(data_cfg).small:
-    raise ValueError(f'{data_cfg.dataset} is too large (and its images vary in size) to '
+    raise DataConfigError(f'{data_cfg.dataset} is too large (and its images vary in size) to '
                      "cache in memory; use cache_in_memory='auto' or 'false'.")
   return spec(data_cfg).small and value != 'false'
 
@@ -147,12 +158,21 @@ def label_key(data_cfg: ml_collections.ConfigDict, train: bool) -> str:
   if source == 'clean':
     return 'label'
   if source not in CIFAR10N_LABELS:
-    raise ValueError(f"Unknown label_source {source!r}; use 'clean' or one of "
+    raise DataConfigError(f"Unknown label_source {source!r} (data.label_source); use 'clean' or one of "
                      f'{", ".join(sorted(CIFAR10N_LABELS))}.')
   if data_cfg.dataset != 'cifar10_n':
-    raise ValueError(f"label_source={source!r} needs dataset='cifar10_n' "
+    raise DataConfigError(f"label_source={source!r} needs dataset='cifar10_n' "
                      f'(got {data_cfg.dataset!r}).')
   return CIFAR10N_LABELS[source] if train else 'label'
+
+
+def label_noise(data_cfg: ml_collections.ConfigDict) -> float:
+  """The training labels' noise rate, checked."""
+  rate = float(data_cfg.label_noise)
+  if not 0.0 <= rate <= 1.0:
+    raise DataConfigError(f'data.label_noise={data_cfg.label_noise} is not a rate: give the '
+                          'fraction of training labels to corrupt, in [0, 1] (0: clean).')
+  return rate
 
 
 def data_dir(data_cfg: ml_collections.ConfigDict) -> Optional[str]:
@@ -191,7 +211,7 @@ def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional
   if mode == 'auto':
     mode = os.environ.get('RATTN_DATA_DOWNLOAD', 'auto').lower()
   if mode not in ('auto', 'true', 'false'):
-    raise ValueError(f"data.download (or $RATTN_DATA_DOWNLOAD) must be 'auto', 'true' or "
+    raise DataConfigError(f"data.download (or $RATTN_DATA_DOWNLOAD) must be 'auto', 'true' or "
                      f"'false', got {mode!r}.")
   if mode == 'false':
     return 'and downloading is off (data.download=false)'
@@ -253,5 +273,9 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
           name, builder, f'and preparing it failed ({type(e).__name__}: {e})')) from e
   # Variable-size images stay JPEG bytes: the pipeline decodes them at the scale it needs.
   decoders = None if SPECS[name].small else {'image': jpeg.RAW}
-  return builder.as_data_source(split=split, decoders=decoders)
+  try:
+    return builder.as_data_source(split=split, decoders=decoders)
+  except ValueError as e:  # tfds's answer to a split name or slice it cannot read
+    raise DataConfigError(f'{name} cannot read the split {split!r}: {e} Slices such as '
+                          "'train[:90%]' work too.") from None
 

@@ -236,6 +236,7 @@ class DataPlan:
     self.in_memory = datasets.in_memory(data_cfg)
     self.image_size = datasets.image_size(data_cfg)
     self.train_label_key = datasets.label_key(data_cfg, train=True)
+    self.label_noise = datasets.label_noise(data_cfg)
     self._sources: Dict[str, Sequence[Dict[str, Any]]] = {}
 
   @functools.cached_property
@@ -252,15 +253,20 @@ class DataPlan:
   def noise(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """Per training example: whether its label flips and by how much (None: no noise)."""
     cfg = self.config
-    if cfg.label_noise <= 0:
+    if self.label_noise <= 0:
       return None
-    return noise.noise_plan(len(self.source(cfg.train_split)), cfg.label_noise,
+    return noise.noise_plan(len(self.source(cfg.train_split)), self.label_noise,
                             self.spec.num_classes, cfg.noise_seed)
 
   def source(self, split: str) -> Sequence[Dict[str, Any]]:
     """The tfds data source of ``split``, opened on first use."""
     if split not in self._sources:
-      self._sources[split] = datasets.open_split(self.config, split)
+      try:
+        self._sources[split] = datasets.open_split(self.config, split)
+      except datasets.DataConfigError as e:
+        field = {self.config.train_split: 'data.train_split',
+                 self.config.eval_split: 'data.eval_split'}.get(split)
+        raise (datasets.DataConfigError(f'{field}={split!r}: {e}') if field else e) from None
     return self._sources[split]
 
   def _reader(self, split: str, train: bool, process_index: int,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 import runpy
 import sys
@@ -25,15 +26,44 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from rattn.data import DatasetNotFoundError
+from rattn.data import DataConfigError, DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.checkpoint import CheckpointError
 from rattn.train.plan import ConfigError
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
+from rattn.train.workdir import WorkdirError
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """ml_collections' --config parser (wrapped), with a config file that cannot be loaded
+  reported in one line (absl shows it as a flag error) instead of a traceback."""
+
+  def __init__(self, parser: flags.ArgumentParser):
+    self._parser = parser
+
+  def flag_type(self) -> str:
+    return self._parser.flag_type()
+
+  def parse(self, argument: str) -> Any:
+    file = argument.split(':', 1)[0]
+    if not os.path.isfile(file):
+      what = 'is a directory' if os.path.isdir(file) else 'does not exist'
+      raise ValueError(f'{file} {what} (from {os.getcwd()}): give a config file, e.g. '
+                       'experiments/configs/tiny.py, or NAME.py:ARGUMENT for a config that '
+                       'takes one.')
+    try:
+      return self._parser.parse(argument)
+    except SyntaxError as e:
+      raise ValueError(f'{file} has a syntax error, line {e.lineno}: {e.msg}: '
+                       f'{(e.text or "").strip()!r}. Fix the file and rerun.') from None
+    except ValueError as e:  # raised by get_config(ARGUMENT); ml_collections adds its trace
+      raise ValueError(str(e.__context__ or e)) from None
+
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, experiments/configs/NAME.py[:ARG]; fields can be '
     'overridden with --config.FIELD=VALUE.', lock_config=True)
+flags.FLAGS['config'].parser = _ConfigFileParser(flags.FLAGS['config'].parser)
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'The run\'s directory: checkpoints and metrics (rerun with it to '
     'resume); what experiments.evaluate and experiments.visualize read.')
@@ -178,8 +208,8 @@ def require(*names: str) -> None:
     raise app.UsageError(f'{", ".join(missing)} must be given.')
 
 
-_USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, DatasetNotFoundError,
-                FileNotFoundError, app.UsageError)
+_USER_ERRORS = (ConfigError, DataConfigError, WorkdirError, CheckpointError, TrainingDiverged,
+                DatasetNotFoundError, FileNotFoundError, app.UsageError)
 
 
 def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from rattn import data
 from rattn.models import MODELS, create_model
+from rattn.registry import Entry
 from rattn.train import optim
 from rattn.train.state import (RunKeys, TrainState, abstract_train_state, create_train_state,
                                make_mesh)
@@ -68,12 +69,46 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> No
       raise ConfigError(str(e)) from None
 
 
-def _build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The registered ``config.model`` with ``config.model_kwargs`` and the compute dtype."""
+def model_entry(config: ml_collections.ConfigDict) -> Entry:
+  """The registry entry of ``config.model`` (ConfigError listing the valid names if unknown)."""
   try:
-    entry = MODELS.entry(config.model)
+    return MODELS.entry(config.model)
   except ValueError as e:
     raise ConfigError(f'config.model: {e}') from None
+
+
+# A model is refused (unless config.allow_input_size_mismatch) on images whose side is more
+# than this factor away from its registered design size: e.g. an ImageNet net's stem and
+# pooling shrink 32-px CIFAR to 1x1 by its third stage; a CIFAR net sees 224 px as texture.
+INPUT_SIZE_FACTOR = 2.0
+
+
+def _designed_near(name: str, size: int) -> bool:
+  design = MODELS.info(name).get('image_size')
+  return design is not None and design / INPUT_SIZE_FACTOR <= size <= design * INPUT_SIZE_FACTOR
+
+
+def check_input_size(config: ml_collections.ConfigDict, size: int) -> None:
+  """Refuses a model on square images of side ``size`` far from the size it was designed
+  for, unless the config says that is meant (``config.allow_input_size_mismatch``)."""
+  design = model_entry(config).info.get('image_size')
+  if (design is None or _designed_near(config.model, size)
+      or config.get('allow_input_size_mismatch', False)):
+    return
+  fitting = [n for n in MODELS.names() if _designed_near(n, size)]
+  models = f' (registered for this size: {", ".join(fitting)})' if fitting else ''
+  raise ConfigError(
+      f'config.model={config.model!r} was designed for {design}x{design} images, but the data '
+      f'gives {size}x{size} (config.data.dataset={config.data.dataset!r}), more than '
+      f'{INPUT_SIZE_FACTOR:g}x away: its stem and pooling are sized for its own input, so it '
+      f'would run, and learn badly, without a word. Pick a model made for this input{models}, '
+      f'or resize the images with --config.data.image_size={design}, or, if this is meant, '
+      'set --config.allow_input_size_mismatch=True.')
+
+
+def _build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The registered ``config.model`` with ``config.model_kwargs`` and the compute dtype."""
+  entry = model_entry(config)
   # Plain dicts all the way down: nested kwargs (e.g. attention_kwargs) reach the modules.
   kwargs = config.model_kwargs.to_dict()
   unknown = [k for k in kwargs if entry.fields and k not in entry.fields]
@@ -175,6 +210,8 @@ def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
   The image shape and class count come from the config's data (a
   ``DataPlan``, which opens each split once), unless both are given: then no
   data is opened (a saved run's recorded shapes, a benchmark's synthetic input).
+  Where the data gives the shape, a model far from its design input size is
+  refused (``check_input_size``).
   """
   check_config(config)
   mesh = mesh if mesh is not None else make_mesh()
@@ -182,6 +219,7 @@ def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
   data_plan = None
   if image_shape is None or num_classes is None:
     data_plan = data.DataPlan(config.data)
+    check_input_size(config, data_plan.image_size)  # saved runs and benchmarks: as they are
     image_shape, num_classes = data_plan.info.image_shape, data_plan.info.num_classes
   schedule = optim.make_lr_schedule(config)
   return RunPlan(config=config, mesh=mesh, model=_build_model(config, num_classes),

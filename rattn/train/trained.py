@@ -50,11 +50,15 @@ def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
   none was evaluated). ``model.apply(variables, images, train=False)`` gives
   logits for images normalised as in training: ``config.dataset_info`` (added
   here) holds the dataset's ``mean``/``std``, ``num_classes`` and
-  ``image_shape``, and ``config.restored_step`` the step loaded.
+  ``image_shape``, and ``config.restored_step`` the step loaded. Without a data
+  dir in the config or ``$TFDS_DATA_DIR``, ``config.data.data_dir`` is the dir
+  training read its data from.
   """
   mesh = make_mesh(jax.local_devices()[:1])
   plan, state, info, step = _restore(pathlib.Path(workdir), step, mesh)
   config = plan.config
+  if not data.data_dir(config.data) and info.get('data_dir'):
+    config.data.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
   config.dataset_info = info
   config.restored_step = step
   return plan.model, state.variables(), config
@@ -71,6 +75,9 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
   training read its data from (recorded in the workdir) is used. The result
   also names the step, dataset and split it measured.
   """
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size} (None: the training '
+                     "config's eval_batch_size).")
   plan, state, info, step = _restore(pathlib.Path(workdir), step, make_mesh())
   data_cfg = plan.config.data
   if dataset:
@@ -82,10 +89,16 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
     data_cfg.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
   split = split or data_cfg.eval_split
   target = data.DataPlan(data_cfg)
-  if target.spec.num_classes != info['num_classes']:
-    raise ValueError(f'The model was trained on {info["name"]} ({info["num_classes"]} '
-                     f'classes); {data_cfg.dataset} has {target.spec.num_classes}: it cannot '
-                     'be evaluated there.')
+  shape = (target.image_size, target.image_size, target.spec.channels)
+  if (target.spec.num_classes, shape) != (info['num_classes'], tuple(info['image_shape'])):
+    trained = tuple(info['image_shape'])
+    raise data.DataConfigError(
+        f'The model in {workdir} was trained on {info["name"]}: {info["num_classes"]} classes, '
+        f'images of shape {trained} (height, width, channels, from its '
+        f'{workdir_files.DATASET_INFO_FILE}); {data_cfg.dataset} has '
+        f'{target.spec.num_classes} classes and would give images of shape {shape}, so the '
+        'model cannot be evaluated there. Evaluate it on a dataset with the same classes and '
+        f'image shape (e.g. its own, {info["name"]}), or train a model on {data_cfg.dataset}.')
   batch_size = batch_size or int(plan.config.eval_batch_size)
   eval_data = target.eval_iterator(split=split, global_batch_size=batch_size)
   metrics = evaluate(plan.eval_step(), state, eval_data, plan.mesh)

@@ -144,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   Raises:
     ConfigError: the config cannot run (the message says which field to change).
+    DataConfigError: the data config cannot be read (e.g. a split the dataset lacks).
+    WorkdirError: the workdir cannot be written, or holds checkpoints of another run.
     CheckpointError: the workdir's latest checkpoint cannot be restored.
     TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
     TrainingPreempted: SIGTERM arrived; the current step was checkpointed (or, during
@@ -167,11 +169,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           'nothing was lost and no checkpoint was needed (the workdir\'s checkpoints, if '
           'any, are as they were). Rerun the same command to start again.', None)
 
+  workdir_files.check_same_run(workdir, config)  # before anything is read, moved or rewritten
   plan = make_plan(config)  # the config is checked once, here
   mesh, info = plan.mesh, plan.data.info
   total_steps = int(config.num_train_steps)
   if is_primary:
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_files.make_workdir(workdir)
   logging.info('%d process(es), %d %s device(s); global batch %d (%d per device).',
                jax.process_count(), mesh.size, jax.devices()[0].platform, config.batch_size,
                config.batch_size // mesh.size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
@@ -28,6 +29,14 @@ DATASET_INFO_FILE = 'dataset_info.json'
 CHECKPOINT_DIR = 'checkpoints'
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot hold this run; the message says why and what to do instead."""
+
+
+# What makes a saved run another run: its checkpoints would not fit, or would mean another thing.
+RUN_IDENTITY = ('model', 'model_kwargs', 'data.dataset')
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -81,3 +90,51 @@ def read_run_files(workdir: pathlib.Path) -> Tuple[ml_collections.ConfigDict, Di
         'that was given to experiments.cifar / experiments.imagenet.')
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   return config, json.loads(info_path.read_text())
+
+
+def make_workdir(workdir: pathlib.Path) -> None:
+  """Creates ``workdir`` (and its parents) and proves it writable by writing a file there.
+
+  The write test, not permission bits, decides: root passes any bit check, yet
+  cannot write to a read-only mount or under /proc.
+  """
+  problem = None
+  if workdir.exists() and not workdir.is_dir():
+    problem = 'is a file, not a directory'
+  else:
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      with tempfile.TemporaryFile(dir=workdir):
+        pass
+    except OSError as e:
+      problem = f'cannot be created or written to ({e.strerror or e})'
+  if problem:
+    raise WorkdirError(f'--workdir {workdir} {problem}: training writes its checkpoints, '
+                       'config and metrics there. Pass a directory you can write to (it is '
+                       'created if missing), e.g. --workdir runs/NAME.')
+
+
+def _field(config: Dict[str, Any], path: str) -> Any:
+  for part in path.split('.'):
+    config = (config or {}).get(part)
+  return config
+
+
+def check_same_run(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume ``workdir``'s checkpoints with a config of another run (another
+  model, model_kwargs or dataset than its config.json records); nothing is changed."""
+  config_path, checkpoints = workdir / CONFIG_FILE, checkpoint_dir(workdir)
+  # Orbax names a step's directory by its number; without one there is nothing to resume.
+  if not (config_path.exists() and checkpoints.is_dir()
+          and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    return
+  saved, new = json.loads(config_path.read_text()), json.loads(config.to_json_best_effort())
+  changed = [f for f in RUN_IDENTITY if _field(saved, f) != _field(new, f)]
+  if changed:
+    others = ', '.join(f'{f}={_field(saved, f)!r}' for f in RUN_IDENTITY[1:])
+    asked = ', '.join(f'{f}={_field(new, f)!r}' for f in changed)
+    raise WorkdirError(
+        f'--workdir {workdir} holds a run of model {saved.get("model")!r} ({others}, as its '
+        f'{CONFIG_FILE} records); this config asks for {asked}, so its checkpoints cannot be '
+        'resumed. Nothing was changed. Use a new --workdir for this run, or the same config '
+        'as that run to resume it.')

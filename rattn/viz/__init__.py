@@ -15,10 +15,11 @@ Command line: ``python -m experiments.visualize --workdir DIR --out masks.png``.
 from rattn.viz.collect import (channel_affinities, channel_weights, collect_attention,
                                ran_masks, spatial_maps)
 from rattn.viz.display import overlay, to_rgb, unnormalize, upsample, value_range
-from rattn.viz.figures import (affinity_figure, attention_figures, channel_gate_figure,
-                               ran_mask_figure, spatial_map_figure)
+from rattn.viz.figures import (NoAttentionError, affinity_figure, attention_figures,
+                               channel_gate_figure, ran_mask_figure, spatial_map_figure)
 
 __all__ = [
+    'NoAttentionError',
     'affinity_figure', 'attention_figures', 'channel_affinities', 'channel_gate_figure',
     'channel_weights', 'collect_attention', 'overlay', 'ran_mask_figure', 'ran_masks',
     'spatial_map_figure', 'spatial_maps', 'to_rgb', 'unnormalize', 'upsample', 'value_range',

@@ -173,6 +173,10 @@ def affinity_figure(maps: Mapping[str, np.ndarray], image: int = 0,
   return fig
 
 
+class NoAttentionError(ValueError):
+  """The model sows no attention masks or gates: there is nothing to draw."""
+
+
 def attention_figures(model: Any, variables: Mapping[str, Any], images: np.ndarray,
                       mean: Sequence[float], std: Sequence[float],
                       channel: int = 0, label: str = '') -> Dict[str, Figure]:
@@ -186,7 +190,7 @@ def attention_figures(model: Any, variables: Mapping[str, Any], images: np.ndarr
   every figure's title.
 
   Raises:
-    ValueError: if the model sows no attention at all (a plain backbone).
+    NoAttentionError: if the model sows no attention at all (a plain backbone).
   """
   attention = collect_attention(model, variables, images)
   display = unnormalize(images, mean, std)
@@ -205,6 +209,6 @@ def attention_figures(model: Any, variables: Mapping[str, Any], images: np.ndarr
     figures['channel_affinities'] = affinity_figure(
         affinities, title=f'{prefix}DANet channel attention')
   if not figures:
-    raise ValueError(f'{type(model).__name__} sows no attention masks or gates into '
+    raise NoAttentionError(f'{type(model).__name__} sows no attention masks or gates into '
                      "'intermediates': build it with an attention= name, or use a RAN.")
   return figures
