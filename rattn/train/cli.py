@@ -25,6 +25,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from rattn.convert import ConversionError
 from rattn.data import DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.checkpoint import CheckpointError
@@ -179,7 +180,7 @@ def require(*names: str) -> None:
 
 
 _USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, DatasetNotFoundError,
-                FileNotFoundError, app.UsageError)
+                FileNotFoundError, app.UsageError, ConversionError)
 
 
 def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
