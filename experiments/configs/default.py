@@ -38,6 +38,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.allow_input_size_mismatch = False
   # Compute dtype: 'float32' or 'bfloat16' (parameters and the loss stay float32).
   config.dtype = 'float32'
+  # A converted (experiments.convert) or trained workdir whose weights start the run
+  # (fine-tuning); ignored once the run has its own checkpoints. '' starts from scratch.
+  config.init_from = ''
 
   config.data = data_config()
 

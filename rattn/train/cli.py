@@ -26,6 +26,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from rattn.convert import ConversionError
 from rattn.data import DataConfigError, DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.checkpoint import CheckpointError
@@ -209,7 +210,7 @@ def require(*names: str) -> None:
 
 
 _USER_ERRORS = (ConfigError, DataConfigError, WorkdirError, CheckpointError, TrainingDiverged,
-                DatasetNotFoundError, FileNotFoundError, app.UsageError)
+                DatasetNotFoundError, FileNotFoundError, app.UsageError, ConversionError)
 
 
 def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:

@@ -36,6 +36,7 @@ from rattn import data
 from rattn.models.summary import count_params
 from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer
+from rattn.train.init_from import initial_state
 from rattn.train.metric_writer import MetricWriter
 from rattn.train.plan import make_plan
 from rattn.train.state import shard_batch
@@ -195,10 +196,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cleanup.callback(checkpoints.close)  # waits for the last save to land
     latest, state = checkpoints.restore_latest_intact(plan.abstract_state(), train_iter)
     if latest is None:
-      state = plan.init_state()
+      state = initial_state(plan)  # config.init_from's weights, if set
     else:
-      logging.info('Resumed from the checkpoint at step %d in %s.', latest,
-                   checkpoints.directory)
+      logging.info('Resumed from the checkpoint at step %d in %s%s.', latest,
+                   checkpoints.directory, ' (config.init_from is ignored: the run has its own '
+                   'checkpoints)' if config.get('init_from') else '')
     start_step = latest or 0
     if is_primary:
       workdir_files.write_run_files(workdir, config, info, data.data_dir(config.data))

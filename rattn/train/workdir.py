@@ -52,12 +52,14 @@ def tensorboard_dir(workdir: str | os.PathLike) -> pathlib.Path:
 
 
 def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, info: Any,
-                    data_dir: Optional[str]) -> None:
+                    data_dir: Optional[str], weights: Optional[Dict[str, str]] = None) -> None:
   """config.json and dataset_info.json, read back by ``read_run_files``.
 
   ``info`` is the ``rattn.data.DatasetInfo`` trained on and ``data_dir`` the tfds
   dir it was read from (config or $TFDS_DATA_DIR), recorded so that evaluating
   the run later finds the data without the environment it was trained in.
+  ``weights`` (a converted checkpoint's source ``file`` and ``sha256``) is recorded
+  as the info's ``weights``.
   """
   config_path = workdir / CONFIG_FILE
   new = json.loads(config.to_json_best_effort())
@@ -77,6 +79,8 @@ def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, in
                'mean': [float(m) for m in np.ravel(info.mean)],
                'std': [float(s) for s in np.ravel(info.std)],
                'data_dir': data_dir}
+  if weights:
+    info_dict['weights'] = dict(weights)
   (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
 
 
