@@ -66,6 +66,7 @@ def main(argv):
     raise CheckpointError(f'{checkpoints_dir} already holds checkpoints; converting into it '
                           'would mix them with the converted weights. Nothing was written: '
                           'pass a new --workdir (or remove that one yourself).')
+  workdir_files.make_workdir(workdir)  # writable, or one clear error before any reading
   state_dict = convert.read_state_dict(source)
   config = imagenet_config(_MODEL.value)
   size = MODELS.info(config.model).get('image_size', 224) if config.model in MODELS else 224
@@ -81,7 +82,6 @@ def main(argv):
   info = datasets.DatasetInfo(name=_DATASET, num_classes=num_classes, image_shape=image_shape,
                               num_train=1_281_167, num_eval=50_000, mean=spec.mean, std=spec.std)
   weights = {'file': str(source.absolute()), 'sha256': _sha256(source)}
-  workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = Checkpointer(checkpoints_dir)
   try:
     checkpoints.save(0, state)

@@ -15,10 +15,8 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from experiments import convert as convert_cli
-from experiments import evaluate as evaluate_cli
 from experiments.configs import tiny
-from rattn.train import cli, load_trained
+from rattn.train import load_trained
 from rattn.train.init_from import initial_state
 from rattn.train.plan import ConfigError, make_plan
 
@@ -43,6 +41,18 @@ def torch_resnet18():
   return model
 
 
+def _command(name, *args):
+  """``python -m experiments.NAME ARGS`` in a subprocess, as a user runs it.
+
+  (Imported here, convert's --model and evaluate's --batch_size would collide with
+  experiments.bench's flags, which other tests import into the same pytest worker:
+  each command owns the process it runs in.)
+  """
+  return subprocess.run([sys.executable, '-m', f'experiments.{name}', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
 @pytest.fixture(scope='module')
 def converted(torch_resnet18, tmp_path_factory):
   """The checkpoint saved as .safetensors and as .pth, each converted by the CLI."""
@@ -53,8 +63,10 @@ def converted(torch_resnet18, tmp_path_factory):
   workdirs = {}
   for suffix in ('safetensors', 'pth'):
     workdirs[suffix] = root / f'from_{suffix}'
-    cli.call(convert_cli.main, ['--model=resnet18', f'--from={root}/resnet18.{suffix}',
-                                f'--workdir={workdirs[suffix]}'])
+    run = _command('convert', '--model=resnet18', f'--from={root}/resnet18.{suffix}',
+                   f'--workdir={workdirs[suffix]}')
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'onto resnet18: 11,689,512 parameters, 1000 classes' in run.stdout
   return workdirs
 
 
@@ -72,11 +84,12 @@ def test_converted_workdirs_compute_what_torch_computes(converted, torch_resnet1
         workdir.name.split('_')[1])
 
 
-def test_convert_refuses_a_workdir_with_checkpoints(converted, capsys):
-  with pytest.raises(SystemExit):
-    cli.call(convert_cli.main, ['--model=resnet18', f'--from={converted["pth"].parent}/'
-                                'resnet18.pth', f'--workdir={converted["pth"]}'])
-  assert 'already holds checkpoints' in capsys.readouterr().err
+def test_convert_refuses_a_workdir_with_checkpoints(converted):
+  before = sorted(p.relative_to(converted['pth']) for p in converted['pth'].rglob('*'))
+  run = _command('convert', '--model=resnet18', f'--from={converted["pth"].parent}/resnet18.pth',
+                 f'--workdir={converted["pth"]}')
+  assert run.returncode == 1 and 'already holds checkpoints' in run.stderr, run.stderr[-3000:]
+  assert sorted(p.relative_to(converted['pth']) for p in converted['pth'].rglob('*')) == before
 
 
 def _finetune(workdir, init_from, data_dir):
@@ -93,13 +106,14 @@ def _finetune(workdir, init_from, data_dir):
       env=dict(os.environ, PYTHONPATH=str(REPO), TFDS_DATA_DIR=data_dir))
 
 
-def test_finetune_then_evaluate_then_resume(converted, tmp_path, real_data_dir, capsys):
+def test_finetune_then_evaluate_then_resume(converted, tmp_path, real_data_dir):
   run = _finetune(tmp_path, converted['pth'], real_data_dir)
   assert run.returncode == 0, run.stderr[-3000:]
   assert ('Re-initialised the classifier for 10 classes (the source has 1000): '
           'params/fc/bias, params/fc/kernel.') in run.stderr
-  cli.call(evaluate_cli.main, [f'--workdir={tmp_path}'])
-  assert 'cifar10:test at step 2: accuracy' in capsys.readouterr().out
+  run = _command('evaluate', f'--workdir={tmp_path}')
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'cifar10:test at step 2: accuracy' in run.stdout
   # The run has its own checkpoint now: init_from (here a path that does not exist) is ignored.
   run = _finetune(tmp_path, tmp_path / 'no_such_workdir', real_data_dir)
   assert run.returncode == 0 and 'config.init_from is ignored' in run.stderr, run.stderr[-3000:]
