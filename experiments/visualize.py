@@ -95,7 +95,7 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
     if step is not None or isinstance(e, DamagedCheckpointError):
       raise
     raise type(e)(
-        f'{e} Train a model into the workdir first, e.g. a small RAN (about 10 minutes on a '
+        f'{e} Train a model into the workdir first, e.g. a small RAN (a few minutes on a '
         'CPU): `python -m experiments.cifar --config '
         f'experiments/configs/fashion_mnist_ran_quick.py --workdir {workdir}`, then run this '
         'command again.') from None

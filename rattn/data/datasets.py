@@ -136,19 +136,21 @@ def augment_name(data_cfg: ml_collections.ConfigDict) -> str:
                           f"{', '.join(map(repr, AUGMENTS))}.")
   if name == 'cifar' and not ds_spec.small:
     raise DataConfigError(f"augment='cifar' needs fixed-size images; use 'imagenet' for "
-                     f'{data_cfg.dataset}.')
+                          f'{data_cfg.dataset}.')
   if name == 'imagenet' and ds_spec.small:
-    raise DataConfigError(f"augment='imagenet' is for ImageNet; use 'cifar' for {data_cfg.dataset}.")
+    raise DataConfigError(f"augment='imagenet' is for ImageNet; use 'cifar' for "
+                          f'{data_cfg.dataset}.')
   return name
 
 
 def in_memory(data_cfg: ml_collections.ConfigDict) -> bool:
   value = str(data_cfg.cache_in_memory).lower()
   if value not in ('auto', 'true', 'false'):
-    raise DataConfigError(f"data.cache_in_memory must be 'auto', 'true' or 'false', got {value!r}.")
+    raise DataConfigError(f"data.cache_in_memory must be 'auto', 'true' or 'false', got "
+                          f'{value!r}.')
   if value == 'true' and not spec(data_cfg).small:
     raise DataConfigError(f'{data_cfg.dataset} is too large (and its images vary in size) to '
-                     "cache in memory; use cache_in_memory='auto' or 'false'.")
+                          "cache in memory; use cache_in_memory='auto' or 'false'.")
   return spec(data_cfg).small and value != 'false'
 
 
@@ -158,11 +160,12 @@ def label_key(data_cfg: ml_collections.ConfigDict, train: bool) -> str:
   if source == 'clean':
     return 'label'
   if source not in CIFAR10N_LABELS:
-    raise DataConfigError(f"Unknown label_source {source!r} (data.label_source); use 'clean' or one of "
-                     f'{", ".join(sorted(CIFAR10N_LABELS))}.')
+    raise DataConfigError(f"Unknown label_source {source!r} (data.label_source); use 'clean' "
+                          'or one of '
+                          f'{", ".join(sorted(CIFAR10N_LABELS))}.')
   if data_cfg.dataset != 'cifar10_n':
     raise DataConfigError(f"label_source={source!r} needs dataset='cifar10_n' "
-                     f'(got {data_cfg.dataset!r}).')
+                          f'(got {data_cfg.dataset!r}).')
   return CIFAR10N_LABELS[source] if train else 'label'
 
 
@@ -212,7 +215,7 @@ def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional
     mode = os.environ.get('RATTN_DATA_DOWNLOAD', 'auto').lower()
   if mode not in ('auto', 'true', 'false'):
     raise DataConfigError(f"data.download (or $RATTN_DATA_DOWNLOAD) must be 'auto', 'true' or "
-                     f"'false', got {mode!r}.")
+                          f"'false', got {mode!r}.")
   if mode == 'false':
     return 'and downloading is off (data.download=false)'
   manual = os.path.join(root, 'downloads', 'manual')

@@ -42,6 +42,16 @@ def _restore(workdir: pathlib.Path, step: Optional[int], mesh) -> Tuple[
   return plan, state, info, step
 
 
+def _read_where_training_did(data_cfg: ml_collections.ConfigDict, info: Dict[str, Any],
+                             dataset: Optional[str] = None) -> None:
+  """Without a data dir of its own (config or ``$TFDS_DATA_DIR``), ``data_cfg`` reads the
+  dir training read ($TFDS_DATA_DIR then), for the training dataset (``dataset`` unset or
+  the same)."""
+  if (not data.data_dir(data_cfg) and info.get('data_dir')
+      and (not dataset or dataset == info['name'])):
+    data_cfg.data_dir = info['data_dir']
+
+
 def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
     nn.Module, Dict[str, Any], ml_collections.ConfigDict]:
   """``(model, variables, config)`` of a trained workdir, for inference and visualisation.
@@ -57,8 +67,7 @@ def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
   mesh = make_mesh(jax.local_devices()[:1])
   plan, state, info, step = _restore(pathlib.Path(workdir), step, mesh)
   config = plan.config
-  if not data.data_dir(config.data) and info.get('data_dir'):
-    config.data.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
+  _read_where_training_did(config.data, info)
   config.dataset_info = info
   config.restored_step = step
   return plan.model, state.variables(), config
@@ -84,9 +93,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
     data_cfg.dataset = dataset
   if data_dir:
     data_cfg.data_dir = data_dir
-  elif (not data.data_dir(data_cfg) and info.get('data_dir')
-        and (not dataset or dataset == info['name'])):
-    data_cfg.data_dir = info['data_dir']  # where training read it ($TFDS_DATA_DIR then)
+  else:
+    _read_where_training_did(data_cfg, info, dataset)
   split = split or data_cfg.eval_split
   target = data.DataPlan(data_cfg)
   shape = (target.image_size, target.image_size, target.spec.channels)
