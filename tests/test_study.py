@@ -228,9 +228,26 @@ def _built_model(cell):
   return train.make_plan(config, image_shape=(32, 32, 3), num_classes=10).model
 
 
-@pytest.mark.parametrize('name', ['ran_vs_resnet', 'label_noise', 'arl_vs_nal'])
-def test_cells_build_the_network_their_model_names(name):
-  # The ResNet configs declare depth/bottleneck: a cell that switches model must switch them too.
-  for cell in expand(STUDIES[name], 'gpu', 1):
+@pytest.mark.parametrize('scale', ['smoke', 'cpu', 'gpu'])
+@pytest.mark.parametrize('name', sorted(STUDIES))
+def test_cells_build_the_network_their_labels_name(name, scale):
+  # Every cell of every study at every scale is a config the trainer accepts, and builds the
+  # network its labels promise: the ResNet configs declare depth/bottleneck, so a cell that
+  # switches model must switch them too, and an option's overrides must survive the scale's.
+  for cell in expand(STUDIES[name], scale, 1):
     model = _built_model(cell)
-    assert model.depth == int(re.search(r'\d+', cell.overrides['model']).group()), cell.name
+    labels = dict(zip((axis.name for axis in STUDIES[name].axes), cell.group))
+    if name == 'attention_layers':
+      assert model.bottleneck, cell.name
+      assert model.attention == ('' if labels['attention'] == 'none' else labels['attention'])
+      assert model.depth == (164 if scale == 'gpu' else 11), cell.name
+      continue
+    model_name = cell.overrides.get('model', 'ran56')  # mask_type keeps the config's Attention-56
+    assert model.depth == int(re.search(r'\d+', model_name).group()), cell.name
+    if name == 'arl_vs_nal':
+      assert f'ran{model.depth}' == labels['depth'], cell.name
+      assert model.residual_learning == (labels['learning'] == 'arl'), cell.name
+    if name == 'mask_type':
+      assert model.attention_type == labels['mask'], cell.name
+    if name == 'label_noise':
+      assert cell.overrides['data.label_noise'] * 100 == int(labels['noise'][len('noise'):])
