@@ -66,7 +66,9 @@ def main(argv):
     raise CheckpointError(f'{checkpoints_dir} already holds checkpoints; converting into it '
                           'would mix them with the converted weights. Nothing was written: '
                           'pass a new --workdir (or remove that one yourself).')
-  workdir_files.make_workdir(workdir)  # writable, or one clear error before any reading
+  # Writable, or one clear error before any reading.
+  workdir_files.make_workdir(
+      workdir, 'the converted weights are written there as a step-0 checkpoint with run files')
   state_dict = convert.read_state_dict(source)
   config = imagenet_config(_MODEL.value)
   size = MODELS.info(config.model).get('image_size', 224) if config.model in MODELS else 224

@@ -96,8 +96,12 @@ def read_run_files(workdir: pathlib.Path) -> Tuple[ml_collections.ConfigDict, Di
   return config, json.loads(info_path.read_text())
 
 
-def make_workdir(workdir: pathlib.Path) -> None:
+def make_workdir(workdir: pathlib.Path,
+                 purpose: str = 'training writes its checkpoints, config and metrics there'
+                 ) -> None:
   """Creates ``workdir`` (and its parents) and proves it writable by writing a file there.
+
+  ``purpose`` (what the command writes there) goes into the error message.
 
   The write test, not permission bits, decides: root passes any bit check, yet
   cannot write to a read-only mount or under /proc.
@@ -113,9 +117,8 @@ def make_workdir(workdir: pathlib.Path) -> None:
     except OSError as e:
       problem = f'cannot be created or written to ({e.strerror or e})'
   if problem:
-    raise WorkdirError(f'--workdir {workdir} {problem}: training writes its checkpoints, '
-                       'config and metrics there. Pass a directory you can write to (it is '
-                       'created if missing), e.g. --workdir runs/NAME.')
+    raise WorkdirError(f'--workdir {workdir} {problem}: {purpose}. Pass a directory you can '
+                       'write to (it is created if missing), e.g. --workdir runs/NAME.')
 
 
 def _field(config: Dict[str, Any], path: str) -> Any:
