@@ -55,38 +55,42 @@ from rattn.bench import input as input_bench
 from rattn.bench import report, runs
 from rattn.train import cli
 
-_MODEL = flags.DEFINE_string('model', None, 'Registered model name(s), comma-separated.')
-_INPUT = flags.DEFINE_string('input', None, 'Dataset whose input pipeline to time, e.g. cifar10.')
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
+_MODEL = flags.DEFINE_string('model', None, 'Registered model name(s), comma-separated.',
+                             flag_values=FLAGS)
+_INPUT = flags.DEFINE_string('input', None, 'Dataset whose input pipeline to time, e.g. cifar10.',
+                             flag_values=FLAGS)
 _SUMMARIZE = flags.DEFINE_string(
     'summarize', None, 'A results file (JSONL): print the median over repeated runs of each '
-    'configuration in it as Markdown (measures nothing).')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+    'configuration in it as Markdown (measures nothing).', flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Global batch size.', flag_values=FLAGS)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'Computation dtype (parameters stay float32).')
+                           'Computation dtype (parameters stay float32).', flag_values=FLAGS)
 _DEVICES = flags.DEFINE_integer(
     'devices', None, 'Use the first N devices (default: all); on CPU, N > 1 simulates N '
-    'devices on the same cores.')
+    'devices on the same cores.', flag_values=FLAGS)
 _STEPS = flags.DEFINE_integer(
     'steps', None, 'Timed steps (default 20), or with --input timed batches (default 200: the '
-    'prefetch buffer, filled before timing, must not dominate).')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before timing.')
+    'prefetch buffer, filled before timing, must not dominate).', flag_values=FLAGS)
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before timing.', flag_values=FLAGS)
 _REMAT = flags.DEFINE_bool('remat', False, 'Pass remat=True to the model (models that have '
-                           'the option).')
+                           'the option).', flag_values=FLAGS)
 _NUM_WORKERS = flags.DEFINE_integer('num_workers', None, '--input only: grain worker '
-                                    'processes (default: the data config).')
+                                    'processes (default: the data config).', flag_values=FLAGS)
 _DATA_DIR = flags.DEFINE_string('data_dir', None, '--input only: tfds data dir (default: '
-                                '$TFDS_DATA_DIR).')
+                                '$TFDS_DATA_DIR).', flag_values=FLAGS)
 _MODEL_KWARGS = flags.DEFINE_string('model_kwargs', '{}', 'More model keyword arguments as '
-                                    'JSON, e.g. \'{"scan": true}\'.')
+                                    'JSON, e.g. \'{"scan": true}\'.', flag_values=FLAGS)
 _CORES = flags.DEFINE_string(
     'cores', '1,2,all', "--input imagenet / imagenet2012 only: worker processes (one per "
-    "core) to time, comma-separated; 'all' is every core this process may use.")
-_NO_EVAL = flags.DEFINE_bool('no_eval', False, 'Skip the eval measurement.')
+    "core) to time, comma-separated; 'all' is every core this process may use.", flag_values=FLAGS)
+_NO_EVAL = flags.DEFINE_bool('no_eval', False, 'Skip the eval measurement.', flag_values=FLAGS)
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement to '
-                                'this file.')
+                                'this file.', flag_values=FLAGS)
 _PROFILE = flags.DEFINE_string(
     'profile', None, f'Also trace {runs.PROFILE_STEPS} train steps with jax.profiler into '
-    'DIR/<model> (TensorBoard / Perfetto) and print the op kinds that take the most time.')
+    'DIR/<model> (TensorBoard / Perfetto) and print the op kinds that take the most time.',
+    flag_values=FLAGS)
 
 
 def _use_devices(count: Optional[int]) -> List[jax.Device]:
@@ -118,7 +122,7 @@ def _git_commit() -> Optional[str]:
 def _given_flags() -> List[str]:
   """This command's flags as given (``--model x``), to record how a result was made."""
   args = []
-  for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__]):
+  for flag in (FLAGS[name] for name in FLAGS):
     if flag.present:
       if isinstance(flag.value, bool):
         args.append(f'--{"" if flag.value else "no"}{flag.name}')
@@ -189,11 +193,12 @@ def _measure(argv: Sequence[str]) -> List[Dict[str, Any]]:
           for name in _MODEL.value.split(',') if name.strip()]
 
 
+@cli.command(FLAGS)
 def main(argv: Sequence[str]) -> None:
   """Runs the benchmark the flags ask for (call it with ``cli.call``)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  given = [f'--{n}' for n in ('model', 'input', 'summarize') if flags.FLAGS[n].value]
+  given = [f'--{n}' for n in ('model', 'input', 'summarize') if FLAGS[n].value]
   if len(given) != 1:
     raise app.UsageError('Give exactly one of --model, --input and --summarize'
                          + (f' (got {", ".join(given)}).' if given else '.'))

@@ -28,13 +28,14 @@ from rattn.train.checkpoint import Checkpointer, CheckpointError
 from rattn.train.plan import make_plan
 from rattn.train.state import TrainState, replicated
 
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
 flags.adopt_module_key_flags(cli)  # --workdir
 _MODEL = flags.DEFINE_string('model', None, 'rattn model the checkpoint is for, one of '
-                             f'{", ".join(sorted(convert.CHECKPOINT_LAYOUTS))}.')
+                             f'{", ".join(sorted(convert.CHECKPOINT_LAYOUTS))}.', flag_values=FLAGS)
 _FROM = flags.DEFINE_string('from', None, 'The PyTorch state dict: .safetensors, or .pth/.pt '
-                            '(needs torch).')
+                            '(needs torch).', flag_values=FLAGS)
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the checkpoint\'s '
-                                    'classifier (ImageNet: 1000).')
+                                    'classifier (ImageNet: 1000).', flag_values=FLAGS)
 _DATASET = 'imagenet2012'  # what the released weights were trained on
 
 
@@ -56,6 +57,7 @@ def imagenet_config(model: str):
   return config
 
 
+@cli.command(FLAGS)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')

@@ -16,24 +16,30 @@ from absl import app, flags
 from rattn import train
 from rattn.train import cli
 
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
 flags.adopt_module_key_flags(cli)  # --workdir and the multi-process flags
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best one).')
-_DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best one).',
+                             flag_values=FLAGS)
+_DATASET = flags.DEFINE_string('dataset', None, 'tfds dataset (default: the training one).',
+                               flag_values=FLAGS)
 _SPLIT = flags.DEFINE_string('split', None, 'Split, e.g. test or train[:10%] (default: '
-                             'the config\'s eval split).')
+                             'the config\'s eval split).', flag_values=FLAGS)
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir (default: the training '
-                                "config's, else $TFDS_DATA_DIR, else the dir training read).")
+                                "config's, else $TFDS_DATA_DIR, else the dir training read).",
+                                flag_values=FLAGS)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: '
-                                   'the config\'s eval_batch_size).')
-_JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.')
+                                   'the config\'s eval_batch_size).', flag_values=FLAGS)
+_JSON = flags.DEFINE_bool('json', False, 'Also print the metrics as one JSON line.',
+                          flag_values=FLAGS)
 flags.register_validator('batch_size', lambda size: size is None or size >= 1,
                          "--batch_size must be a positive number of images (leave it out for "
-                         "the training config's eval_batch_size).")
+                         "the training config's eval_batch_size).", flag_values=FLAGS)
 flags.register_validator('step', lambda step: step is None or step >= 0,
                          '--step must be a checkpoint step, a number >= 0 (leave it out for '
-                         'the best checkpoint).')
+                         'the best checkpoint).', flag_values=FLAGS)
 
 
+@cli.command(FLAGS)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')

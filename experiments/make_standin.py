@@ -22,13 +22,17 @@ import tensorflow_datasets as tfds
 from rattn.data import jpeg, standin
 from rattn.train import cli
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir to write into.')
-_NUM_TRAIN = flags.DEFINE_integer('num_train', 4000, "Images in the 'train' split.")
-_NUM_VAL = flags.DEFINE_integer('num_val', 500, "Images in the 'validation' split.")
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of every size, label and pixel.')
-flags.mark_flag_as_required('data_dir')
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data dir to write into.', flag_values=FLAGS)
+_NUM_TRAIN = flags.DEFINE_integer('num_train', 4000, "Images in the 'train' split.",
+                                  flag_values=FLAGS)
+_NUM_VAL = flags.DEFINE_integer('num_val', 500, "Images in the 'validation' split.",
+                                flag_values=FLAGS)
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of every size, label and pixel.', flag_values=FLAGS)
+flags.mark_flag_as_required('data_dir', flag_values=FLAGS)
 
 
+@cli.command(FLAGS)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')

@@ -30,20 +30,22 @@ from experiments.studies import SCALES, STUDIES
 from rattn.study import expand, report, runner
 from rattn.train import cli
 
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
 # --workdir is the commands' shared flag (rattn.train.cli); here it names the study's directory.
 _WORKDIR = cli.WORKDIR
 flags.FLAGS['workdir'].help = ('Directory of the study: one sub-directory per cell, '
                                'results.jsonl, table.md and the plot.')
 flags.declare_key_flag('workdir')
-_SCALE = flags.DEFINE_string('scale', 'cpu', f'Size of every run: {", ".join(SCALES)}.')
+_SCALE = flags.DEFINE_string('scale', 'cpu', f'Size of every run: {", ".join(SCALES)}.',
+                             flag_values=FLAGS)
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per cell (default: the scale\'s, 2; '
-                              'smoke: 1).', lower_bound=1)
+                              'smoke: 1).', lower_bound=1, flag_values=FLAGS)
 _PARALLEL = flags.DEFINE_integer(
     'parallel', None, 'Cells run side by side (default: 1 on a CPU; on an accelerator the '
-    "scale's choice, sharing the device's memory equally).", lower_bound=1)
+    "scale's choice, sharing the device's memory equally).", lower_bound=1, flag_values=FLAGS)
 _OVERRIDE = flags.DEFINE_multi_string(
     'override', [], 'FIELD=VALUE added to every cell as --config.FIELD=VALUE (e.g. '
-    'dtype=bfloat16). Use a new --workdir: finished cells are not rerun.')
+    'dtype=bfloat16). Use a new --workdir: finished cells are not rerun.', flag_values=FLAGS)
 
 
 def _has_accelerator() -> bool:
@@ -77,6 +79,7 @@ def _overrides(items) -> dict:
   return parsed
 
 
+@cli.command(FLAGS)
 def main(argv):
   cli.require('workdir')
   if len(argv) != 2:

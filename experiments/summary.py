@@ -114,12 +114,15 @@ def render(rows: Sequence[Dict[str, Any]], markdown: bool) -> str:
   return '\n'.join(lines)
 
 
-_MODELS = flags.DEFINE_list('models', None, 'Registered model names, comma-separated.')
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
+_MODELS = flags.DEFINE_list('models', None, 'Registered model names, comma-separated.',
+                            flag_values=FLAGS)
 _GROUP = flags.DEFINE_enum('group', 'attention_resnets', sorted(GROUPS),
-                           'A predefined set of models (ignored with --models).')
-_MARKDOWN = flags.DEFINE_bool('markdown', False, 'Print a Markdown table.')
+                           'A predefined set of models (ignored with --models).', flag_values=FLAGS)
+_MARKDOWN = flags.DEFINE_bool('markdown', False, 'Print a Markdown table.', flag_values=FLAGS)
 
 
+@cli.command(FLAGS)
 def main(argv: Sequence[str]) -> int:
   """Prints the table the flags ask for (call it with ``cli.call``)."""
   if len(argv) > 1:

@@ -38,20 +38,23 @@ from rattn import data, train, viz
 from rattn.train import cli
 from rattn.train.checkpoint import CheckpointError, DamagedCheckpointError
 
+FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
 flags.adopt_module_key_flags(cli)  # --workdir
 _OUT = flags.DEFINE_string('out', None, 'PNG path; a prefix when the model gives several '
-                           'figures.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 4, 'Test images to show.')
+                           'figures.', flag_values=FLAGS)
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 4, 'Test images to show.', flag_values=FLAGS)
 _CHANNEL = flags.DEFINE_integer('channel', 0, 'The single RAN mask channel drawn beside the '
-                                'mean and max.')
+                                'mean and max.', flag_values=FLAGS)
 _SPLIT = flags.DEFINE_string('split', None, "tfds split to read images from (default: the "
-                             "workdir's eval split).")
+                             "workdir's eval split).", flag_values=FLAGS)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by eval '
-                             'accuracy).')
-_DPI = flags.DEFINE_integer('dpi', 100, 'Resolution of the PNG files.')
-flags.register_validator('num_images', lambda n: n >= 1, '--num_images must be at least 1.')
+                             'accuracy).', flag_values=FLAGS)
+_DPI = flags.DEFINE_integer('dpi', 100, 'Resolution of the PNG files.', flag_values=FLAGS)
+flags.register_validator('num_images', lambda n: n >= 1, '--num_images must be at least 1.',
+                         flag_values=FLAGS)
 flags.register_validator('out', lambda out: out is None or out.lower().endswith('.png'),
-                         '--out must name a .png file (or prefix), e.g. masks.png.')
+                         '--out must name a .png file (or prefix), e.g. masks.png.',
+                         flag_values=FLAGS)
 
 
 def png_path(out: str) -> pathlib.Path:
@@ -115,6 +118,7 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
   return list(paths.values())
 
 
+@cli.command(FLAGS)
 def main(argv: Sequence[str]) -> int:
   """Writes the figures the flags ask for (call it with ``cli.call``)."""
   if len(argv) > 1:

@@ -49,6 +49,47 @@ def test_sigterm_during_start_up_exits_143_within_seconds(real_data_dir, tmp_pat
   assert not list(tmp_path.glob('checkpoints/*'))
 
 
+# Every command, imported into one process as a notebook would. Several define a flag of
+# the same name with their own default and check: --batch_size (bench 64, evaluate none and
+# >= 1), --model (bench, convert), --data_dir (bench, evaluate, make_standin), --step and
+# --split (evaluate, visualize).
+_ONE_PROCESS = """
+import importlib, sys
+from absl import flags
+from rattn.train import cli
+names = 'bench convert evaluate make_standin study summary visualize cifar imagenet'.split()
+m = {n: importlib.import_module('experiments.' + n) for n in names}
+def status(main, argv):
+  try:
+    cli.call(main, argv)
+  except SystemExit as e:
+    return e.code
+  return 0
+assert status(m['evaluate'].main, ['--workdir', sys.argv[1], '--batch_size', '3']) == 1
+assert m['evaluate']._BATCH_SIZE.value == 3
+assert status(m['bench'].main, ['--summarize', sys.argv[1] + '/results.jsonl']) == 1
+assert m['bench']._BATCH_SIZE.value == 64, m['bench']._BATCH_SIZE.value
+assert status(m['evaluate'].main, ['--workdir', sys.argv[1], '--batch_size', '0']) == 1
+assert status(m['summary'].main, ['--models', 'preact_resnet20']) == 0
+assert 'batch_size' not in flags.FLAGS and 'models' not in flags.FLAGS  # out again
+print('done')
+"""
+
+
+def test_every_command_imports_into_one_process_with_its_own_flags(tmp_path):
+  out = subprocess.run([sys.executable, '-c', _ONE_PROCESS, str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env=_env())
+  assert out.returncode == 0 and out.stdout.strip().endswith('done'), out.stderr[-3000:]
+  assert 'is not a training workdir' in out.stderr  # evaluate ran with --batch_size 3
+  assert '--batch_size must be a positive number' in out.stderr  # evaluate's own check
+  assert 'cannot read it as a results file' in out.stderr  # bench ran
+  helped = subprocess.run([sys.executable, '-m', 'experiments.evaluate', '--helpshort'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
+  # --helpshort lists the command's own flags beside the shared ones.
+  assert '--batch_size: Global eval batch size' in helped.stdout, helped.stdout[-3000:]
+  assert '--workdir' in helped.stdout
+
+
 def test_scalar_for_a_tuple_field_is_refused_in_one_paragraph(tmp_path):
   out = subprocess.run(CIFAR + ['--workdir', str(tmp_path), '--config.model_kwargs.widths=4'],
                        cwd=REPO, capture_output=True, text=True, timeout=120, env=_env())

@@ -42,12 +42,7 @@ def torch_resnet18():
 
 
 def _command(name, *args):
-  """``python -m experiments.NAME ARGS`` in a subprocess, as a user runs it.
-
-  (Imported here, convert's --model and evaluate's --batch_size would collide with
-  experiments.bench's flags, which other tests import into the same pytest worker:
-  each command owns the process it runs in.)
-  """
+  """``python -m experiments.NAME ARGS`` in a subprocess, as a user runs it."""
   return subprocess.run([sys.executable, '-m', f'experiments.{name}', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, PYTHONPATH=str(REPO)))

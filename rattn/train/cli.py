@@ -8,6 +8,15 @@ checkpoint, data, divergence) end in one clear message and exit status 1. A run
 stopped by SIGTERM (its checkpoint saved) exits with 143. ``call(main, argv)``
 runs a command's main the same way inside this process (tests, notebooks).
 
+A command defines its own flags in its own registry, ``FLAGS = command_flags()``
+(``flags.DEFINE_*(..., flag_values=FLAGS)``), and marks its main with
+``@command(FLAGS)``. They join absl's global flags (where ``--config``,
+``--workdir`` and absl's own live) only while that command parses and runs, so
+every command module can be imported into one process (a notebook, a test
+session) although several define a flag of the same name (``--model``,
+``--batch_size``, ``--data_dir``, ``--step``, ``--split``), each with its own
+default and help.
+
 ``train_main`` is the main of both training commands, ``experiments.cifar`` and
 ``experiments.imagenet``.
 """
@@ -15,12 +24,13 @@ runs a command's main the same way inside this process (tests, notebooks).
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import re
 import runpy
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -229,12 +239,57 @@ def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
   return guarded
 
 
+def command_flags() -> flags.FlagValues:
+  """A command's own flag registry (see the module docstring)."""
+  return flags.FlagValues()
+
+
+def command(flag_values: flags.FlagValues) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Marks a command's main as reading the flags of ``flag_values`` (its ``command_flags()``)."""
+  def mark(main: Callable[..., Any]) -> Callable[..., Any]:
+    main.command_flags = flag_values
+    return main
+  return mark
+
+
+@contextlib.contextmanager
+def _command_flags_joined(main: Callable[..., Any]) -> Iterator[Optional[flags.FlagValues]]:
+  """``main``'s own flags in absl's global registry (for parsing and ``--helpshort``) while
+  the block runs, then out of it again, so that another command's flags of the same name
+  can join later."""
+  own = getattr(main, 'command_flags', None)
+  if own is None:
+    yield None
+    return
+  flags.FLAGS.append_flag_values(own)
+  for module, module_flags in own.flags_by_module_dict().items():
+    for flag in module_flags:
+      flags.FLAGS.register_flag_by_module(module, flag)
+  for module, module_flags in own.key_flags_by_module_dict().items():
+    for flag in module_flags:
+      flags.FLAGS.register_key_flag_for_module(module, flag)
+  try:
+    yield own
+  finally:
+    flags.FLAGS.remove_flag_values(own)
+
+
+def _parser_for(own: Optional[flags.FlagValues]) -> Callable[[List[str]], List[str]]:
+  def parse(argv: List[str]) -> List[str]:
+    rest = parse_flags(argv)
+    if own is not None:
+      own.mark_as_parsed()  # the values were parsed into the same Flag objects
+    return rest
+  return parse
+
+
 def run(main: Callable[[List[str]], Any]) -> None:
   """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
   absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
   sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
-  app.run(_guarded(main), flags_parser=parse_flags)
+  with _command_flags_joined(main) as own:
+    app.run(_guarded(main), flags_parser=_parser_for(own))
 
 
 def call(main: Callable[[List[str]], Any], argv: Sequence[str]) -> Any:
@@ -243,8 +298,9 @@ def call(main: Callable[[List[str]], Any], argv: Sequence[str]) -> Any:
   Flags are parsed anew (those not in ``argv`` take their defaults) and user
   errors end as ``run`` ends them (a message on stderr, SystemExit 1).
   """
-  flags.FLAGS.unparse_flags()
-  return _guarded(main)(parse_flags(['python', *argv]))
+  with _command_flags_joined(main) as own:
+    flags.FLAGS.unparse_flags()
+    return _guarded(main)(_parser_for(own)(['python', *argv]))
 
 
 def train_main(argv: List[str]) -> None:
