@@ -200,6 +200,7 @@ ATTENTION_LAYERS = Study(
                 ('cpu', RESNET_CONFIG, _CPU, 'preact_resnet20', 11,
                  'pre-act bottleneck ResNet-11 (preact_resnet20 with depth=11, bottleneck)'),
                 ('gpu', RESNET_CONFIG, _GPU, 'preact_resnet164', 164, 'pre-act ResNet-164'))},
+    baseline='none',
 )
 
 STUDIES = {s.name: s for s in (ARL_VS_NAL, MASK_TYPE, RAN_VS_RESNET, LABEL_NOISE,

@@ -88,6 +88,27 @@ def test_table_mean_std_over_seeds_and_paper_column():
   assert 'Paper, Table 9' in text and '| 9.00 ± 1.41' in text
 
 
+def test_added_columns_count_from_the_baseline_option():
+  study = Study(name='layers', claim='c', axes=(Axis('attention', (Option('none'), Option('se'),
+                                                                  Option('cbam'))),),
+                scales={'small': Scale(config='base.py', overrides={})}, baseline='none')
+  rows = [{**_row(('none',), 1, 0.9, 0.9, None, params=4000), 'macs': 2_000_000},
+          {**_row(('se',), 1, 0.9, 0.9, None, params=4100), 'macs': 2_010_000},
+          {**_row(('se',), 2, 0.9, 0.9, None, params=4100), 'macs': 2_010_000},
+          {**_row(('cbam',), 1, 0.9, 0.9, None, params=3900), 'macs': 3_000_000}]
+  for row in rows:
+    row['group'] = {'attention': row['group']['model']}
+  none, se, cbam = report.table_rows(study, rows)
+  assert none['added params'] == '+0 (+0.0%)'
+  assert se['added params'] == '+100 (+2.5%)' and se['added MACs'] == '+10.00K (+0.5%)'
+  assert cbam['added params'] == '-100 (-2.5%)' and cbam['added MACs'] == '+1.00M (+50.0%)'
+  header = report.render_table(study, 'small', rows).splitlines()[6]
+  assert [c.strip() for c in header.split('|')[6:11]] == [
+      'params', 'MACs', 'added params', 'added MACs', 'img/s']
+  # Without a baseline there is nothing to count from.
+  assert 'added params' not in report.table_rows(STUDY, SYNTHETIC)[0]
+
+
 def test_plot_has_one_line_per_series(tmp_path):
   path = report.plot(STUDY, 'small', SYNTHETIC, tmp_path / 'toy.png')
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

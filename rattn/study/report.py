@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import statistics
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from rattn.models.summary import format_count, format_table
 from rattn.study.spec import Study
@@ -36,11 +36,30 @@ def _error(row: Mapping[str, Any], key: str) -> float:
   return 100.0 * (1.0 - row[key])
 
 
+ADDED_COLUMNS = ('added params', 'added MACs')
+
+
+def _added(count: int, base: int, format_abs: Callable[[int], str]) -> str:
+  """``count - base`` with its sign and as a percentage of ``base``: '+1,234 (+0.5%)'."""
+  sign = '+' if count >= base else '-'
+  return f'{sign}{format_abs(abs(count - base))} ({(count / base - 1) * 100:+.1f}%)'
+
+
+def _baseline_group(study: Study, group: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+  """``group`` with the study's baseline option on the axis that has it."""
+  for index, axis in enumerate(study.axes):
+    if study.baseline in (o.label for o in axis.options):
+      return group[:index] + (study.baseline,) + group[index + 1:]
+  return None
+
+
 def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
-  """One table row per cell: test error over seeds, the paper's figure, cost."""
+  """One table row per cell: test error over seeds, the paper's figure, cost (and, where the
+  study has a baseline option, what each cell adds to the baseline's parameters and MACs)."""
   axis_names = [a.name for a in study.axes]
+  groups = group_rows(rows)
   out = []
-  for group, runs in group_rows(rows).items():
+  for group, runs in groups.items():
     paper = study.paper.errors.get(group) if study.paper else None
     speeds = [r['images_per_s'] for r in runs if r.get('images_per_s')]
     out.append({
@@ -55,6 +74,10 @@ def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str
         'img/s': f'{statistics.median(speeds):,.0f}' if speeds else '',
         'wall s': f'{statistics.mean(r["wall_s"] for r in runs):,.0f}',
     })
+    base = groups.get(_baseline_group(study, group)) if study.baseline else None
+    if base:
+      out[-1]['added params'] = _added(runs[0]['params'], base[0]['params'], '{:,}'.format)
+      out[-1]['added MACs'] = _added(runs[0]['macs'], base[0]['macs'], format_count)
   return out
 
 
@@ -65,6 +88,8 @@ def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) ->
       'params', 'MACs', 'img/s', 'wall s']
   if not study.paper:
     columns.remove('paper error %')
+  if study.baseline:
+    columns[columns.index('MACs') + 1:columns.index('MACs') + 1] = ADDED_COLUMNS
   first = rows[0]
   setting = f'; {study.scales[scale].note}' if study.scales[scale].note else ''
   seeds = ', '.join(sorted({str(r['seed']) for r in rows}))
@@ -76,7 +101,9 @@ def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) ->
            'Test error = 100 − test accuracy, mean ± sample standard deviation over seeds, '
            'at the last step (final) and at the best eval (best). params / MACs: trainable '
            'parameters / multiply-adds per image at this input size; img/s: median training '
-           'throughput; wall s: mean wall time of one run (start-up included).']
+           'throughput; wall s: mean wall time of one run (start-up included).'
+           + (f' added params / added MACs: what the cell adds to its {study.baseline!r} '
+              'counterpart.' if study.baseline else '')]
   if study.paper:
     lines += ['', f'Paper: {study.paper.source}'
               + (f' ({study.paper.setting})' if study.paper.setting else '')
@@ -122,5 +149,5 @@ def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
   return path
 
 
-__all__ = ['TABLE_FILE', 'format_mean_std', 'group_rows', 'mean_std', 'plot', 'render_table',
-           'table_rows']
+__all__ = ['ADDED_COLUMNS', 'TABLE_FILE', 'format_mean_std', 'group_rows', 'mean_std', 'plot',
+           'render_table', 'table_rows']

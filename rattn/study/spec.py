@@ -72,6 +72,9 @@ class Study:
   x_axis: Optional[str] = None  # the axis whose options carry x values (plotted)
   x_label: str = ''
   paper: Optional[Paper] = None
+  # An option label whose cells the others are costed against: the table gains the
+  # parameters and multiply-adds each cell adds to the cell with this option instead.
+  baseline: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
