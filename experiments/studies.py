@@ -17,13 +17,14 @@ Scales:
          project's 2-core CPU most of a RAN cell is start-up, data decoding
          and XLA compilation (at load 2-5: ~20 s to start and decode, about
          1 min (Attention-56) to 1.5 min (Attention-92) to compile, ~20 s for
-         the eval); arl_vs_nal and label_noise are 8 cells with 2 seeds.
-         docs/studies.md has the measured wall times.
+         the eval). Measured with 3 seeds on the idle machine: 6 min
+         (ran_vs_resnet, 6 cells) to 22 min (attention_layers, 21 cells) a
+         study; docs/studies.md has the tables and wall times.
   gpu    Fashion-MNIST at 28x28 (the full CIFAR-10 is not in the offline data;
          where it is, --override=data.dataset=cifar10 trains on it),
          full-width CIFAR-layout models, one epoch (470 steps of batch 128),
-         8 cells side by side. Not run yet: no accelerator was lent to the
-         session that wrote this. The budget, estimated from the H200
+         8 cells side by side. Not run yet: no accelerator was available.
+         The budget, estimated from the H200
          measurements in ../shared/gpu/README.md (ran92_cifar, batch 256,
          float32: 7,108 img/s and 30 s to compile; bf16 52.9 s):
            per cell ~20 s start-up + 30-60 s compile, overlapped 8 at a time;
