@@ -68,6 +68,7 @@ def main(argv):
     raise CheckpointError(f'{checkpoints_dir} already holds checkpoints; converting into it '
                           'would mix them with the converted weights. Nothing was written: '
                           'pass a new --workdir (or remove that one yourself).')
+  convert.check_source(source)  # before the workdir is created
   # Writable, or one clear error before any reading.
   workdir_files.make_workdir(
       workdir, 'the converted weights are written there as a step-0 checkpoint with run files')

@@ -43,6 +43,15 @@ class ConversionError(ValueError):
 # --- Reading ----------------------------------------------------------------
 
 
+def check_source(path: str | os.PathLike) -> str:
+  """``path`` as a string if it names a file, else a ``ConversionError`` saying what to give."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ConversionError(f'No checkpoint file at {path!r}; give the path of a .safetensors, '
+                          '.pth or .pt file.')
+  return path
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
   """The tensors of a ``.safetensors`` (numpy, no torch needed) or ``.pth``/``.pt`` file.
 
@@ -50,10 +59,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
   unwrapped, and the ``module.`` prefix of ``nn.DataParallel`` checkpoints (as the
   authors' ECA, CBAM and SGE releases are saved) is dropped.
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise ConversionError(f'No checkpoint file at {path!r}; give the path of a .safetensors, '
-                          '.pth or .pt file.')
+  path = check_source(path)
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
     tensors: Mapping[str, Any] = load_file(path)

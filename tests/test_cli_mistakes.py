@@ -320,6 +320,8 @@ def test_a_mistake_ends_in_one_paragraph_and_changes_nothing(command, arguments,
   assert said[0].startswith(('ERROR (', 'FATAL Flags parsing error: ')), said[0]
   assert phrase in said[0], said[0]
   assert [_hashes(w) for w in workdirs] == before
+  # Nothing new is left behind either (e.g. an empty workdir made before the mistake showed).
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'syntax.py']
 
 
 def test_a_saved_run_reads_its_data_where_training_did(saved_run, real_data_dir, monkeypatch):
