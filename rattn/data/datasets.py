@@ -161,8 +161,7 @@ def label_key(data_cfg: ml_collections.ConfigDict, train: bool) -> str:
     return 'label'
   if source not in CIFAR10N_LABELS:
     raise DataConfigError(f"Unknown label_source {source!r} (data.label_source); use 'clean' "
-                          'or one of '
-                          f'{", ".join(sorted(CIFAR10N_LABELS))}.')
+                          f'or one of {", ".join(sorted(CIFAR10N_LABELS))}.')
   if data_cfg.dataset != 'cifar10_n':
     raise DataConfigError(f"label_source={source!r} needs dataset='cifar10_n' "
                           f'(got {data_cfg.dataset!r}).')

@@ -253,15 +253,17 @@ def command(flag_values: flags.FlagValues) -> Callable[[Callable[..., Any]], Cal
 
 
 @contextlib.contextmanager
-def _command_flags_joined(main: Callable[..., Any]) -> Iterator[Optional[flags.FlagValues]]:
+def _command_flags_joined(main: Callable[..., Any]) -> Iterator[None]:
   """``main``'s own flags in absl's global registry (for parsing and ``--helpshort``) while
   the block runs, then out of it again, so that another command's flags of the same name
   can join later."""
   own = getattr(main, 'command_flags', None)
   if own is None:
-    yield None
+    yield
     return
   flags.FLAGS.append_flag_values(own)
+  # Parsing sets the shared Flag objects' values; ``own``'s holders may read them then.
+  own.mark_as_parsed()
   for module, module_flags in own.flags_by_module_dict().items():
     for flag in module_flags:
       flags.FLAGS.register_flag_by_module(module, flag)
@@ -269,18 +271,9 @@ def _command_flags_joined(main: Callable[..., Any]) -> Iterator[Optional[flags.F
     for flag in module_flags:
       flags.FLAGS.register_key_flag_for_module(module, flag)
   try:
-    yield own
+    yield
   finally:
     flags.FLAGS.remove_flag_values(own)
-
-
-def _parser_for(own: Optional[flags.FlagValues]) -> Callable[[List[str]], List[str]]:
-  def parse(argv: List[str]) -> List[str]:
-    rest = parse_flags(argv)
-    if own is not None:
-      own.mark_as_parsed()  # the values were parsed into the same Flag objects
-    return rest
-  return parse
 
 
 def run(main: Callable[[List[str]], Any]) -> None:
@@ -288,8 +281,8 @@ def run(main: Callable[[List[str]], Any]) -> None:
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
   absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
   sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
-  with _command_flags_joined(main) as own:
-    app.run(_guarded(main), flags_parser=_parser_for(own))
+  with _command_flags_joined(main):
+    app.run(_guarded(main), flags_parser=parse_flags)
 
 
 def call(main: Callable[[List[str]], Any], argv: Sequence[str]) -> Any:
@@ -298,9 +291,9 @@ def call(main: Callable[[List[str]], Any], argv: Sequence[str]) -> Any:
   Flags are parsed anew (those not in ``argv`` take their defaults) and user
   errors end as ``run`` ends them (a message on stderr, SystemExit 1).
   """
-  with _command_flags_joined(main) as own:
+  with _command_flags_joined(main):
     flags.FLAGS.unparse_flags()
-    return _guarded(main)(_parser_for(own)(['python', *argv]))
+    return _guarded(main)(parse_flags(['python', *argv]))
 
 
 def train_main(argv: List[str]) -> None:
