@@ -182,6 +182,29 @@ def data_dir(data_cfg: ml_collections.ConfigDict) -> Optional[str]:
   return data_cfg.data_dir or os.environ.get('TFDS_DATA_DIR')
 
 
+_STOCK_PREPARE = tfds.core.DatasetBuilder.download_and_prepare
+_NO_TENSORFLOW = ('and TensorFlow, which preparing it needs, is not installed (`pip install -e '
+                  '".[prepare]"`)')
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """Keeps TensorFlow, which tfds's builders use to prepare a dataset, off the accelerators.
+
+  TensorFlow reserves most of every visible GPU's memory when it first touches
+  one; in a process that trains with JAX that memory is JAX's. Called before a
+  dataset is prepared (the only time rattn makes tfds import TensorFlow).
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:  # then preparing fails, and is reported in one paragraph
+    return
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TensorFlow already initialised its devices: too late to hide them
+    _log.warning('TensorFlow had already initialised its GPUs before rattn could hide them; '
+                 'it may hold GPU memory that JAX then lacks.')
+
+
 def _tensorflow_importable() -> bool:
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
@@ -207,7 +230,8 @@ def _network_answers() -> bool:
   return answered.is_set()
 
 
-def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional[str]:
+def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str,
+                     builder_prepares_with_tensorflow: bool = True) -> Optional[str]:
   """Why preparing the dataset here cannot succeed (None: try it), per ``data.download``."""
   mode = str(data_cfg.get('download', 'auto')).lower()
   if mode == 'auto':
@@ -222,8 +246,10 @@ def _why_not_prepare(data_cfg: ml_collections.ConfigDict, root: str) -> Optional
           or _network_answers()):
     return ('and it cannot be downloaded: the network does not answer and '
             f'{manual} holds no files (set --config.data.download=true to try anyway)')
-  if not _tensorflow_importable():  # last: importing TensorFlow takes seconds
-    return 'and TensorFlow, which preparing it needs, is not installed'
+  # Last: importing TensorFlow takes seconds. Only tfds's own download_and_prepare needs it;
+  # tfds.testing.mock_data replaces it with a no-op.
+  if builder_prepares_with_tensorflow and not _tensorflow_importable():
+    return _NO_TENSORFLOW
   return None
 
 
@@ -243,8 +269,8 @@ def _not_found_message(name: str, builder: Any, why: str) -> str:
       f'{root!r} (looked for {os.fspath(builder.data_dir)!r}), {why}. '
       f'Point $TFDS_DATA_DIR (or --config.data.data_dir) at a tfds data dir that holds it '
       f'in array_record format. To build '
-      f'it, on a machine with TensorFlow installed (pip install tensorflow-cpu; reading '
-      f'needs no TensorFlow, preparing does) run `tfds build {name} '
+      f'it, on a machine with TensorFlow installed (`pip install -e ".[prepare]"`, which '
+      f'keeps an installed tensorflow; reading needs no TensorFlow, preparing does) run `tfds build {name} '
       f'--file_format=array_record --data_dir=DIR`; without internet, first place '
       f'{ds_spec.offline_files} in DIR/downloads/manual/, which tfds\'s stock builder '
       f'reads, checking the registered checksums.')
@@ -258,21 +284,36 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> Sequence[Dict
   """
   name = data_cfg.dataset
   spec(data_cfg)
-  builder = tfds.builder(name, data_dir=data_dir(data_cfg))
+  root = data_dir(data_cfg)
+  if root and '://' in root:
+    source = '--config.data.data_dir' if data_cfg.data_dir else '$TFDS_DATA_DIR'
+    raise DataConfigError(
+        f'The data dir {root!r} (from {source}) '
+        'is an object-store URL, which the array_record reader cannot open: it reads local '
+        'files only. On a pod, mount the bucket on every host with GCS FUSE (e.g. `gcsfuse '
+        '--implicit-dirs BUCKET /mnt/tfds`) or copy the prepared dataset to each host\'s '
+        'local SSD (`gsutil -m cp -r gs://BUCKET/tfds/NAME /mnt/tfds/`), then point '
+        '$TFDS_DATA_DIR (or --config.data.data_dir) at that local directory. The workdir '
+        'itself may stay on gs://.')
+  builder = tfds.builder(name, data_dir=root)
   if not builder.is_prepared():
     if SPECS[name].build_command:
       raise DatasetNotFoundError(_build_message(name, builder))
     why_not = _why_not_prepare(
-        data_cfg, os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))))
+        data_cfg, os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))),
+        # tfds wraps the method: == compares what the wrappers wrap.
+        type(builder).download_and_prepare == _STOCK_PREPARE)
     if why_not:
       raise DatasetNotFoundError(_not_found_message(name, builder, why_not))
     _log.warning('Preparing %s in %s with tfds (array_record); this runs once.',
                  name, builder.data_dir)
+    hide_gpus_from_tensorflow()
     try:
       builder.download_and_prepare(file_format='array_record')
     except Exception as e:  # any builder failure: no network, no manual files...
-      raise DatasetNotFoundError(_not_found_message(
-          name, builder, f'and preparing it failed ({type(e).__name__}: {e})')) from e
+      why = (f'and preparing it failed ({type(e).__name__}: {e})' if _tensorflow_importable()
+             else _NO_TENSORFLOW)
+      raise DatasetNotFoundError(_not_found_message(name, builder, why)) from e
   # Variable-size images stay JPEG bytes: the pipeline decodes them at the scale it needs.
   decoders = None if SPECS[name].small else {'image': jpeg.RAW}
   try:
