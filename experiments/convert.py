@@ -62,7 +62,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   cli.require('model', 'from', 'workdir')
-  source, workdir = pathlib.Path(_FROM.value), pathlib.Path(cli.WORKDIR.value).absolute()
+  source, workdir = pathlib.Path(_FROM.value), workdir_files.resolve(cli.WORKDIR.value)
   checkpoints_dir = workdir_files.checkpoint_dir(workdir)
   if checkpoints_dir.is_dir() and any(checkpoints_dir.iterdir()):
     raise CheckpointError(f'{checkpoints_dir} already holds checkpoints; converting into it '

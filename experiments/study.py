@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pathlib
 import sys
 
 from absl import flags
@@ -29,6 +28,7 @@ from absl import flags
 from experiments.studies import SCALES, STUDIES
 from rattn.study import expand, report, runner
 from rattn.train import cli
+from rattn.train import workdir as workdir_files
 
 FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
 # --workdir is the commands' shared flag (rattn.train.cli); here it names the study's directory.
@@ -93,7 +93,7 @@ def main(argv):
   parallel = _PARALLEL.value or (scale.accelerator_parallel if accelerator else 1)
   extra = _overrides(_OVERRIDE.value)
   cells = expand(study, scale_name, seeds, extra)
-  workdir = pathlib.Path(_WORKDIR.value).absolute()
+  workdir = workdir_files.resolve(_WORKDIR.value)  # a local directory or gs://bucket/study
   # This process only counts parameters and multiply-adds: keep it off the accelerator.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_platforms', 'cpu')

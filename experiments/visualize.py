@@ -26,16 +26,17 @@ Runs on a CPU in seconds for the CIFAR-sized models.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Dict, List, Optional, Sequence
 
 import ml_collections
 import numpy as np
 from absl import app, flags
+from etils import epath
 from matplotlib.figure import Figure
 
 from rattn import data, train, viz
 from rattn.train import cli
+from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import CheckpointError, DamagedCheckpointError
 
 FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
@@ -57,14 +58,14 @@ flags.register_validator('out', lambda out: out is None or out.lower().endswith(
                          flag_values=FLAGS)
 
 
-def png_path(out: str) -> pathlib.Path:
-  path = pathlib.Path(out)
+def png_path(out: str) -> epath.Path:
+  path = workdir_files.resolve(out)  # a local file or an object (gs://bucket/masks.png)
   if path.suffix.lower() != '.png':
     raise ValueError(f'--out {out!r} must name a .png file (or prefix), e.g. masks.png.')
   return path
 
 
-def output_paths(out: str, names: Sequence[str]) -> Dict[str, pathlib.Path]:
+def output_paths(out: str, names: Sequence[str]) -> Dict[str, epath.Path]:
   """Where each figure goes: ``out`` itself for one figure, ``<stem>_<name><suffix>`` for several."""
   path = png_path(out)
   if len(names) == 1:
@@ -83,7 +84,7 @@ def read_images(data_cfg: ml_collections.ConfigDict, split: Optional[str],
 
 def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
               split: Optional[str] = None, step: Optional[int] = None, dpi: int = 100
-              ) -> List[pathlib.Path]:
+              ) -> List[epath.Path]:
   """Writes the attention figures of ``workdir``'s checkpoint; returns the paths written."""
   folder = png_path(out).parent  # a bad --out fails before the model loads
   try:
@@ -114,7 +115,8 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
         f'model_kwargs={config.model_kwargs.to_dict()}).') from None
   paths = output_paths(out, list(figures))
   for name, figure in figures.items():
-    figure.savefig(paths[name], dpi=dpi)
+    with paths[name].open('wb') as f:
+      figure.savefig(f, format='png', dpi=dpi)
   return list(paths.values())
 
 

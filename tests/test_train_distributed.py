@@ -11,10 +11,9 @@ import chex
 import numpy as np
 import portpicker
 import pytest
-import tensorflow_datasets as tfds
 
-from rattn import data, train
-from train_worker import MOCK_EXAMPLES, flatten_variables, register, tiny_config
+
+from train_worker import reference_of_processes, register, tiny_config
 
 register()
 WORKER = pathlib.Path(__file__).resolve().parent / 'train_worker.py'
@@ -97,16 +96,5 @@ def test_two_processes_train_like_one_on_the_same_global_batches(tmp_path):
   assert json.loads(outputs[0].strip().splitlines()[-1])['step'] == steps
 
   # The reference: this process (8 devices) concatenates the two processes' shards.
-  config = tiny_config(**overrides)
-  mesh = train.make_mesh()
-  plan = train.make_plan(config, mesh, image_shape=(8, 8, 3), num_classes=10)
-  state, train_step = plan.init_state(), plan.train_step()
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    shards = [data.make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed, process_index=i, process_count=2)
-              for i in range(2)]
-    for _ in range(steps):
-      parts = [next(s) for s in shards]
-      batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-      state, _ = train_step(state, train.shard_batch(batch, mesh))
-  _assert_same(multi, flatten_variables(state.variables()), rtol=1e-5, atol=1e-6)
+  reference = reference_of_processes(tiny_config(**overrides), steps, process_count=2)
+  _assert_same(multi, reference, rtol=1e-5, atol=1e-6)

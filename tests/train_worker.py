@@ -100,6 +100,27 @@ def restore_final(config, workdir: str) -> Dict[str, np.ndarray]:
   return flatten_variables(state.variables())
 
 
+def reference_of_processes(config, steps: int, process_count: int) -> Dict[str, np.ndarray]:
+  """What ``process_count`` processes training ``config`` for ``steps`` steps must end with:
+  this process, on all its devices, fed the global batches the processes' shards make
+  (each process's slice of the global batch, concatenated in process order)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from rattn import data, train  # pylint: disable=g-import-not-at-top
+  mesh = train.make_mesh()
+  plan = train.make_plan(config, mesh, image_shape=(8, 8, 3), num_classes=10)
+  state, train_step = plan.init_state(), plan.train_step()
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    shards = [data.make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                       seed=config.seed, process_index=i,
+                                       process_count=process_count)
+              for i in range(process_count)]
+    for _ in range(steps):
+      parts = [next(s) for s in shards]
+      batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+      state, _ = train_step(state, train.shard_batch(batch, mesh))
+  return flatten_variables(state.variables())
+
+
 def main(argv) -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--workdir', required=True)

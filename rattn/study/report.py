@@ -144,7 +144,8 @@ def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with path.open('wb') as f:  # an epath: a local file or an object (gs://)
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
   return path
 

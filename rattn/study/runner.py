@@ -20,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -134,6 +135,24 @@ def write_results(rows: Sequence[Mapping[str, Any]], workdir: pathlib.Path) -> p
   return path
 
 
+def _open_log(path) -> Any:
+  """The file a cell's output is appended to: ``path`` itself on a local disk; on an
+  object store (which cannot append, nor take a child's output), a local temporary
+  file that ``_close_log`` uploads."""
+  if '://' not in os.fspath(path):
+    return open(path, 'a')
+  return tempfile.NamedTemporaryFile('w+', suffix='.log', delete=False)
+
+
+def _close_log(out: Any, path) -> None:
+  out.close()
+  if '://' in os.fspath(path):
+    local = pathlib.Path(out.name)
+    earlier = path.read_text() if path.exists() else ''
+    path.write_text(earlier + local.read_text())
+    local.unlink()
+
+
 def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.Path, *,
               parallel: int = 1, module: str = 'experiments.cifar',
               env: Optional[Mapping[str, str]] = None, log: Callable[[str], None] = print,
@@ -174,7 +193,7 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
         cell_dir = workdir / cell.name
         resumed = cell_dir.exists()
         cell_dir.mkdir(parents=True, exist_ok=True)
-        out = open(cell_dir / LOG_FILE, 'a')
+        out = _open_log(cell_dir / LOG_FILE)
         process = subprocess.Popen([sys.executable, *cell.argv(module, str(cell_dir))],
                                    stdout=out, stderr=subprocess.STDOUT, env=environment)
         running[cell.name] = (index, cell, process, out, time.perf_counter(), resumed)
@@ -183,7 +202,7 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
       time.sleep(poll_s)
       for name in [n for n, r in running.items() if r[2].poll() is not None]:
         index, cell, process, out, t0, resumed = running.pop(name)
-        out.close()
+        _close_log(out, workdir / name / LOG_FILE)
         wall = time.perf_counter() - t0
         cell_dir = workdir / name
         row, why = None, f'exit status {process.returncode}'
@@ -208,9 +227,9 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
     # SIGTERM makes each trainer checkpoint its current step and stop; a rerun resumes.
     for _, _, process, out, _, _ in running.values():
       process.send_signal(signal.SIGTERM)
-    for _, _, process, out, _, _ in running.values():
+    for name, (_, _, process, out, _, _) in running.items():
       process.wait()
-      out.close()
+      _close_log(out, workdir / name / LOG_FILE)
     raise
   ordered = [rows[c.name] for c in cells if c.name in rows]
   write_results(ordered, workdir)

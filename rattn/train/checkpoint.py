@@ -31,8 +31,7 @@ accuracy (eval steps pass their metrics to ``save``). Saves are asynchronous;
 
 from __future__ import annotations
 
-import pathlib
-import shutil
+import os
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
@@ -43,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from rattn.train import workdir as workdir_files
 
 BEST_METRIC = 'accuracy'
 CHECKSUMS = 'checksums'
@@ -108,10 +110,10 @@ class Checkpointer:
   visualisation); it never creates, writes, moves or deletes anything.
   """
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3,
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
                read_only: bool = False):
-    self.directory = pathlib.Path(directory).absolute()
-    self.damaged_directory = self.directory.with_name(self.directory.name + DAMAGED_SUFFIX)
+    self.directory = workdir_files.resolve(directory)  # a local path made absolute, or gs://
+    self.damaged_directory = self.directory.parent / (self.directory.name + DAMAGED_SUFFIX)
     policy = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy.AnyPreservationPolicy([
@@ -297,11 +299,10 @@ class Checkpointer:
                                   f'({_short(e)})') from e
     return state
 
-  def _move_aside(self, step: int) -> pathlib.Path:
+  def _move_aside(self, step: int) -> epath.Path:
     target = self.damaged_directory / f'{step}_{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(self.directory / str(step), target)
+      workdir_files.move_tree(self.directory / str(step), target)
     self._manager.reload()
     return target
 

@@ -10,7 +10,7 @@ image size does not matter (no variable of a convolutional network depends on it
 
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Any, Dict, List, Set, Tuple
 
 import jax
@@ -40,7 +40,7 @@ def classifier_paths(plan: RunPlan) -> Set[Path]:
   return {p for p in ours if ours[p] != other.get(p)}
 
 
-def _restore_source(path: pathlib.Path, plan: RunPlan) -> Tuple[TrainState, Any, int, int]:
+def _restore_source(path: os.PathLike, plan: RunPlan) -> Tuple[TrainState, Any, int, int]:
   config, info = workdir_files.read_run_files(path)
   if config.model != plan.config.model:
     raise ConfigError(
@@ -67,7 +67,7 @@ def initial_state(plan: RunPlan) -> TrainState:
   path = plan.config.get('init_from')
   if not path:
     return fresh
-  path = pathlib.Path(path).expanduser().absolute()
+  path = workdir_files.resolve(path)  # a local directory or gs://bucket/run
   source, source_config, source_classes, step = _restore_source(path, plan)
   head = classifier_paths(plan) if source_classes != plan.num_classes else set()
   merged, mismatches = {}, []

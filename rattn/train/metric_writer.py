@@ -9,18 +9,23 @@ split across resumes: a run resuming from the checkpoint at step ``s`` first
 drops the rows after ``s`` that the interrupted run had written (that work is
 redone; the file is rewritten atomically, earlier rows kept), then marks the
 resumed segment with ``{"step": s, "event": "resume", "dropped_rows": n}``.
+
+Object stores (a ``gs://`` workdir) cannot append: there the file's rows are
+kept in memory and the whole file is uploaded at every flush (each eval, each
+checkpoint, every ``REMOTE_FLUSH_SECONDS`` and at close). A run killed between
+flushes loses only rows after its last checkpoint, which resuming redoes anyway.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import jax
 from absl import logging
+from etils import epath
 
 from rattn.train import workdir as workdir_files
 
@@ -41,8 +46,12 @@ def format_duration(seconds: float) -> str:
   return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
 
 
-def _drop_rows_after(path: pathlib.Path, step: int) -> int:
-  """Rewrites ``path`` (atomically) without its rows after ``step``; returns how many went."""
+REMOTE_FLUSH_SECONDS = 60.0
+
+
+def _drop_rows_after(path: epath.Path, step: int) -> Tuple[List[str], int]:
+  """Rewrites ``path`` (atomically) without its rows after ``step``; returns the kept rows
+  and how many went."""
   def keep(line: str) -> bool:
     try:
       return json.loads(line).get('step', 0) <= step
@@ -50,18 +59,56 @@ def _drop_rows_after(path: pathlib.Path, step: int) -> int:
       return False
 
   lines = path.read_text().splitlines(keepends=True)
-  kept = [line for line in lines if keep(line)]
+  kept = [line if line.endswith('\n') else line + '\n' for line in lines if keep(line)]
   if len(kept) < len(lines):
-    partial = path.with_name(path.name + '.tmp')
-    partial.write_text(''.join(kept))
-    os.replace(partial, path)
-  return len(lines) - len(kept)
+    if workdir_files.is_remote(path):
+      path.write_text(''.join(kept))  # an object is replaced whole by one upload
+    else:
+      partial = path.parent / (path.name + '.tmp')
+      partial.write_text(''.join(kept))
+      partial.replace(path)
+  return kept, len(lines) - len(kept)
+
+
+class _JsonlFile:
+  """``metrics.jsonl``: appended on a local disk; on an object store, uploaded whole."""
+
+  def __init__(self, path: epath.Path, rows: List[str]):
+    self._path = path
+    self._remote = workdir_files.is_remote(path)
+    self._rows = list(rows) if self._remote else None
+    self._file = None if self._remote else open(path, 'a', buffering=1)
+    self._dirty = False
+    self._flushed_at = time.monotonic()
+
+  def write(self, line: str) -> None:
+    if self._remote:
+      self._rows.append(line)
+      self._dirty = True
+      if time.monotonic() - self._flushed_at > REMOTE_FLUSH_SECONDS:
+        self.flush()
+    else:
+      self._file.write(line)
+
+  def flush(self) -> None:
+    if self._remote:
+      if self._dirty:
+        self._path.write_text(''.join(self._rows))
+        self._dirty = False
+      self._flushed_at = time.monotonic()
+    else:
+      self._file.flush()
+
+  def close(self) -> None:
+    self.flush()
+    if self._file is not None:
+      self._file.close()
 
 
 class MetricWriter:
   """Logs train and eval metrics, with throughput and an ETA for the console."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, total_steps: int, start_step: int,
+  def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int,
                batch_size: int):
     self.total_steps = total_steps
     self.batch_size = batch_size
@@ -77,8 +124,8 @@ class MetricWriter:
       metrics_path = workdir_files.metrics_file(workdir)
       self._tb = SummaryWriter(str(workdir_files.tensorboard_dir(workdir)))
       resumed = metrics_path.exists()
-      dropped = _drop_rows_after(metrics_path, start_step) if resumed else 0
-      self._jsonl = open(metrics_path, 'a', buffering=1)
+      kept, dropped = _drop_rows_after(metrics_path, start_step) if resumed else ([], 0)
+      self._jsonl = _JsonlFile(metrics_path, kept)
       if resumed:
         self.write_event(start_step, 'resume', dropped_rows=dropped)
 

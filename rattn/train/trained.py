@@ -8,7 +8,6 @@ is assembled by ``make_plan`` from the recorded shapes, reading no data.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -23,7 +22,7 @@ from rattn.train.state import TrainState, make_mesh
 from rattn.train.steps import evaluate
 
 
-def _restore(workdir: pathlib.Path, step: Optional[int], mesh) -> Tuple[
+def _restore(workdir: str, step: Optional[int], mesh) -> Tuple[
     RunPlan, TrainState, Dict[str, Any], int]:
   config, info = workdir_files.read_run_files(workdir)
   checkpoints = Checkpointer(workdir_files.checkpoint_dir(workdir), read_only=True)
@@ -65,7 +64,7 @@ def load_trained(workdir: str, step: Optional[int] = None) -> Tuple[
   training read its data from.
   """
   mesh = make_mesh(jax.local_devices()[:1])
-  plan, state, info, step = _restore(pathlib.Path(workdir), step, mesh)
+  plan, state, info, step = _restore(workdir_files.resolve(workdir), step, mesh)
   config = plan.config
   _read_where_training_did(config.data, info)
   config.dataset_info = info
@@ -87,7 +86,7 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
   if batch_size is not None and batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size} (None: the training '
                      "config's eval_batch_size).")
-  plan, state, info, step = _restore(pathlib.Path(workdir), step, make_mesh())
+  plan, state, info, step = _restore(workdir_files.resolve(workdir), step, make_mesh())
   data_cfg = plan.config.data
   if dataset:
     data_cfg.dataset = dataset

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import pathlib
 import signal
 import threading
 import time
@@ -159,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         sigterm: Callable[[], bool]) -> Dict[str, Any]:
   started = time.perf_counter()
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = workdir_files.resolve(workdir)  # a local directory or gs://bucket/run
   is_primary = jax.process_index() == 0
 
   # ------------------------------------------------------------------ setup
@@ -266,6 +265,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_eval(step, config.data.eval_split, eval_metrics,
                             seconds=time.perf_counter() - pause, best=best)
         checkpoints.save(step, state, train_iter, metrics=eval_metrics if run_eval else None)
+        writer.flush()  # rows up to a checkpoint are on disk (or in the bucket) with it
         writer.exclude_pause(time.perf_counter() - pause)
 
       if preempted:

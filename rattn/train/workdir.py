@@ -10,19 +10,24 @@
 
 Nothing else knows these names: the trainer, evaluation, the metric writer and
 the command lines all come here.
+
+A workdir is a storage path, not necessarily a local one: anything etils.epath
+understands (a local directory, ``gs://bucket/run``). On a pod the hosts share
+no disk, so the workdir is a bucket; every file of a workdir goes through
+``resolve`` and epath, and orbax writes its arrays there natively.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
-import tempfile
+import socket
 from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 CONFIG_FILE = 'config.json'
 DATASET_INFO_FILE = 'dataset_info.json'
@@ -39,19 +44,53 @@ class WorkdirError(ValueError):
 RUN_IDENTITY = ('model', 'model_kwargs', 'data.dataset')
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / CHECKPOINT_DIR
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether ``path`` names an object store (``gs://...``, any URL) rather than a local path."""
+  return '://' in os.fspath(path)
 
 
-def metrics_file(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / METRICS_FILE
+def resolve(path: str | os.PathLike) -> epath.Path:
+  """``path`` as an epath: a URL (``gs://bucket/run``) as it is, a local path made absolute."""
+  text = os.fspath(path)
+  if is_remote(text):
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
-def tensorboard_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / TENSORBOARD_DIR
+def move_tree(source: epath.Path, target: epath.Path) -> None:
+  """Moves the directory ``source`` to ``target`` (whose parent is created).
+
+  A rename on a local disk. An object store has neither directories nor rename:
+  every object is copied, and the source objects are deleted only once all copies
+  exist, so an interrupted move leaves the source whole.
+  """
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if not is_remote(source):
+    source.rename(target)
+    return
+  folders = [source]
+  while folders:
+    for item in sorted(folders.pop().iterdir()):
+      if item.is_dir():
+        folders.append(item)
+      else:
+        item.copy(target / os.fspath(item.relative_to(source)), overwrite=True)
+  source.rmtree()
 
 
-def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, info: Any,
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  return resolve(workdir) / CHECKPOINT_DIR
+
+
+def metrics_file(workdir: str | os.PathLike) -> epath.Path:
+  return resolve(workdir) / METRICS_FILE
+
+
+def tensorboard_dir(workdir: str | os.PathLike) -> epath.Path:
+  return resolve(workdir) / TENSORBOARD_DIR
+
+
+def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict, info: Any,
                     data_dir: Optional[str], weights: Optional[Dict[str, str]] = None) -> None:
   """config.json and dataset_info.json, read back by ``read_run_files``.
 
@@ -61,6 +100,7 @@ def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, in
   ``weights`` (a converted checkpoint's source ``file`` and ``sha256``) is recorded
   as the info's ``weights``.
   """
+  workdir = resolve(workdir)
   config_path = workdir / CONFIG_FILE
   new = json.loads(config.to_json_best_effort())
   if config_path.exists():
@@ -71,7 +111,7 @@ def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, in
                       'The new config is saved; the checkpoint is used as it is.',
                       workdir, ', '.join(changed))
   config_path.write_text(json.dumps(new, indent=2) + '\n')
-  if data_dir and '://' not in data_dir:  # gs://... and other URLs stay as they are
+  if data_dir and not is_remote(data_dir):  # gs://... and other URLs stay as they are
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   info_dict = {'name': info.name, 'num_classes': int(info.num_classes),
                'image_shape': [int(d) for d in info.image_shape],
@@ -84,8 +124,10 @@ def write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, in
   (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
 
 
-def read_run_files(workdir: pathlib.Path) -> Tuple[ml_collections.ConfigDict, Dict[str, Any]]:
+def read_run_files(workdir: str | os.PathLike) -> Tuple[ml_collections.ConfigDict,
+                                                        Dict[str, Any]]:
   """``(config, dataset_info)`` as training wrote them; FileNotFoundError for a non-workdir."""
+  workdir = resolve(workdir)
   config_path, info_path = workdir / CONFIG_FILE, workdir / DATASET_INFO_FILE
   if not config_path.exists() or not info_path.exists():
     raise FileNotFoundError(
@@ -96,7 +138,7 @@ def read_run_files(workdir: pathlib.Path) -> Tuple[ml_collections.ConfigDict, Di
   return config, json.loads(info_path.read_text())
 
 
-def make_workdir(workdir: pathlib.Path,
+def make_workdir(workdir: str | os.PathLike,
                  purpose: str = 'training writes its checkpoints, config and metrics there'
                  ) -> None:
   """Creates ``workdir`` (and its parents) and proves it writable by writing a file there.
@@ -104,21 +146,25 @@ def make_workdir(workdir: pathlib.Path,
   ``purpose`` (what the command writes there) goes into the error message.
 
   The write test, not permission bits, decides: root passes any bit check, yet
-  cannot write to a read-only mount or under /proc.
+  cannot write to a read-only mount or under /proc; a bucket's permissions are
+  only known by writing to it.
   """
+  workdir = resolve(workdir)
   problem = None
-  if workdir.exists() and not workdir.is_dir():
-    problem = 'is a file, not a directory'
-  else:
-    try:
+  try:
+    if workdir.exists() and not workdir.is_dir():
+      problem = 'is a file, not a directory'
+    else:
       workdir.mkdir(parents=True, exist_ok=True)
-      with tempfile.TemporaryFile(dir=workdir):
-        pass
-    except OSError as e:
-      problem = f'cannot be created or written to ({e.strerror or e})'
+      probe = workdir / f'.write_test_{socket.gethostname()}_{os.getpid()}'
+      probe.write_text('')
+      probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  # OSError locally; storage clients raise their own
+    problem = f'cannot be created or written to ({getattr(e, "strerror", None) or e})'
   if problem:
+    example = 'gs://BUCKET/NAME (a bucket you can write to)' if is_remote(workdir) else 'runs/NAME'
     raise WorkdirError(f'--workdir {workdir} {problem}: {purpose}. Pass a directory you can '
-                       'write to (it is created if missing), e.g. --workdir runs/NAME.')
+                       f'write to (it is created if missing), e.g. --workdir {example}.')
 
 
 def _field(config: Dict[str, Any], path: str) -> Any:
@@ -127,9 +173,10 @@ def _field(config: Dict[str, Any], path: str) -> Any:
   return config
 
 
-def check_same_run(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def check_same_run(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume ``workdir``'s checkpoints with a config of another run (another
   model, model_kwargs or dataset than its config.json records); nothing is changed."""
+  workdir = resolve(workdir)
   config_path, checkpoints = workdir / CONFIG_FILE, checkpoint_dir(workdir)
   # Orbax names a step's directory by its number; without one there is nothing to resume.
   if not (config_path.exists() and checkpoints.is_dir()
