@@ -11,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import types
 from typing import Dict, Iterator, List
 from unittest import mock
 
@@ -409,6 +410,44 @@ def test_missing_dataset_is_prepared_in_array_record_when_tensorflow_is_there(tm
                         side_effect=ConnectionError('no network')):
     with pytest.raises(data.DatasetNotFoundError, match='preparing it failed.*no network'):
       data.dataset_info(cfg)
+
+
+def test_a_gs_data_dir_is_refused_in_one_paragraph(monkeypatch):
+  cfg = data.data_config()
+  cfg.data_dir = 'gs://bucket/tfds'
+  with pytest.raises(data.DataConfigError) as error:
+    data.dataset_info(cfg)
+  for part in ("'gs://bucket/tfds'", '--config.data.data_dir', 'GCS FUSE', 'local SSD',
+               'TFDS_DATA_DIR'):
+    assert part in str(error.value), part
+  monkeypatch.setenv('TFDS_DATA_DIR', 'gs://bucket/tfds')
+  with pytest.raises(data.DataConfigError, match=r'from \$TFDS_DATA_DIR'):
+    data.dataset_info(data.data_config())
+
+
+def test_preparing_hides_the_gpus_from_tensorflow_first(tmp_path):
+  """TensorFlow would reserve the GPU memory that JAX trains in; it is hidden first."""
+  calls = []
+  cfg = data.data_config()
+  cfg.data_dir = str(tmp_path)
+  with mock.patch.object(datasets, '_tensorflow_importable', return_value=True), \
+      mock.patch.object(datasets, 'hide_gpus_from_tensorflow',
+                        side_effect=lambda: calls.append('hide')), \
+      mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                        side_effect=lambda **kw: calls.append('prepare')):
+    with pytest.raises(Exception):  # the mocked preparation wrote nothing to read
+      data.dataset_info(cfg)
+  assert calls == ['hide', 'prepare']
+
+
+def test_hide_gpus_from_tensorflow_sets_no_visible_gpu(monkeypatch):
+  calls = []
+  fake_tf = types.ModuleType('tensorflow')
+  fake_tf.config = types.SimpleNamespace(
+      set_visible_devices=lambda devices, kind: calls.append((list(devices), kind)))
+  monkeypatch.setitem(sys.modules, 'tensorflow', fake_tf)
+  datasets.hide_gpus_from_tensorflow()
+  assert calls == [([], 'GPU')]
 
 
 # ---------------------------------------------------------------- no TensorFlow, new process

@@ -12,7 +12,6 @@ import numpy as np
 import portpicker
 import pytest
 
-
 from train_worker import reference_of_processes, register, tiny_config
 
 register()
