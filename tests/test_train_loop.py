@@ -38,7 +38,13 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     assert math.isfinite(result['train_loss']) and result['best_step'] == 4
     records = _records(tmp_path)
     assert [r['step'] for r in records if r.get('split') == 'train'] == [2, 4]
-    assert [r['split'] for r in records if r.get('step') == 4] == ['train', 'test']
+    # The last step: its train window, the validation eval, then the test split (once) and
+    # the report (the best checkpoint on validation is the final one here).
+    assert [r.get('split', r.get('event')) for r in records if r.get('step') == 4] == [
+        'train', 'minival', 'test', 'report']
+    assert records[-1]['best']['step'] == 4 and records[-1]['best']['test'] == \
+        records[-1]['final']['test']
+    assert (result['num_train'], result['num_validation']) == (MOCK_EXAMPLES - 5, 5)
     assert {'loss', 'accuracy', 'lr', 'images_per_s', 'grad_norm'} <= set(records[1])
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
     assert json.loads((tmp_path / 'config.json').read_text())['model'] == config.model
@@ -46,8 +52,10 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     # The same command again: nothing left to train, the same final answer.
     again = train.train_and_evaluate(config, tmp_path)
     assert again['eval_accuracy'] == result['eval_accuracy']
-    last = _records(tmp_path)[-1]
-    assert last['event'] == 'start' and last['step'] == 4  # resumed at the end: no steps
+    # Resumed at the end: no steps, only the final report again.
+    rerun = _records(tmp_path)[[r.get('event') for r in _records(tmp_path)].index('resume'):]
+    assert [(r['step'], r.get('split', r.get('event'))) for r in rerun] == [
+        (4, 'resume'), (4, 'start'), (4, 'test'), (4, 'report')]
 
     # Another model's config: refused before anything is read, nothing changed.
     wider = tiny_config(num_train_steps=6)
@@ -129,13 +137,15 @@ def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(t
       train.train_and_evaluate(config, tmp_path / 'preempted')
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
     checkpoints = train.Checkpointer(tmp_path / 'preempted' / 'checkpoints', read_only=True)
-    assert checkpoints.all_steps() == [3] and 'accuracy' in checkpoints.metrics(3)
+    assert checkpoints.all_steps() == [3] and 'minival_accuracy' in checkpoints.metrics(3)
     checkpoints.close()
     records = _records(tmp_path / 'preempted')
     assert [r['step'] for r in records if r.get('event')] == [0, 3]
-    # Nothing logged is lost: the train window cut short at step 3 and step 3's eval.
+    # Nothing logged is lost: the train window cut short at step 3 and step 3's eval (on
+    # validation: the test split waits for the end of the run).
     assert [r['step'] for r in records if r.get('split') == 'train'] == [2, 3]
-    assert [r['step'] for r in records if r.get('split') == 'test'] == [3]
+    assert [r['step'] for r in records if r.get('split') == 'minival'] == [3]
+    assert not [r for r in records if r.get('split') == 'test']
 
     monkeypatch.setattr(trainer, 'shard_batch', real)
     resumed = train.train_and_evaluate(config, tmp_path / 'preempted')
