@@ -148,7 +148,7 @@ def test_checkpointer_keeps_latest_and_best_and_restores_data_position(tmp_path)
   checkpoints = train.Checkpointer(tmp_path, keep=2)
   for step in range(1, 6):
     next(iterator)
-    metrics = {2: {'accuracy': 0.9}, 4: {'accuracy': 0.5}}.get(step)
+    metrics = {2: {'minival_accuracy': 0.9}, 4: {'minival_accuracy': 0.5}}.get(step)
     checkpoints.save(step, jax.tree.map(lambda x: x * step, state), iterator, metrics=metrics)
   checkpoints.close()
   expected_next = next(iterator)

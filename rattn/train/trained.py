@@ -134,8 +134,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, checkpoint: st
         f'{target.spec.num_classes} classes and would give images of shape {shape}, so the '
         'model cannot be evaluated there. Evaluate it on a dataset with the same classes and '
         f'image shape (e.g. its own, {info["name"]}), or train a model on {data_cfg.dataset}.')
-  if split == data.MINIVAL and not dataset:
-    recorded = info.get('validation') or {}
+  recorded = info.get('validation') or {}
+  if split == data.MINIVAL and not dataset and recorded.get('num_examples'):
     here = target.validation_record()
     if any(here.get(k) != recorded.get(k) for k in ('num_examples', 'indices_sha256')):
       raise data.DataConfigError(
