@@ -103,7 +103,7 @@ def test_two_processes_train_like_one_on_the_same_global_batches(tmp_path):
   state, train_step = plan.init_state(), plan.train_step()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     shards = [data.make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed, process_index=i, process_count=2)
+                                       seed=plan.keys.data, process_index=i, process_count=2)
               for i in range(2)]
     for _ in range(steps):
       parts = [next(s) for s in shards]
