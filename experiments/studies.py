@@ -13,7 +13,9 @@ Scales:
   cpu    Fashion-MNIST (60k/10k) at 16x16, quarter-width Attention-56/92
          (CIFAR layout; 70,758 / 119,206 parameters at 28x28) and the
          same-size pre-act ResNet-20 (widths 8/16/32), 200 steps of batch 64
-         (a fifth of an epoch), one eval on all 10,000 test images. On this
+         (a fifth of an epoch; 57,000 training images, 3,000 held out for
+         validation), one validation eval and one eval on all 10,000 test
+         images, both at the end. On this
          project's 2-core CPU most of a RAN cell is start-up, data decoding
          and XLA compilation (at load 2-5: ~20 s to start and decode, about
          1 min (Attention-56) to 1.5 min (Attention-92) to compile, ~20 s for

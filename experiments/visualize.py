@@ -4,7 +4,8 @@ r"""Draws what a trained model attends to: RAN soft masks, channel gates, spatia
   python -m experiments.visualize --workdir /tmp/ran56 --out masks.png \
       --num_images 4 --channel 0 --split test
 
-Loads the workdir's best checkpoint (``rattn.train.load_trained``), reads the
+Loads the workdir's final checkpoint (``rattn.train.load_trained``; --checkpoint
+best: the best on its validation split; --step: any saved one), reads the
 first ``--num_images`` images of ``--split`` of the dataset it was trained on,
 runs one forward pass and draws every mask and gate the model sows
 (``rattn.viz.attention_figures``):
@@ -48,8 +49,11 @@ _CHANNEL = flags.DEFINE_integer('channel', 0, 'The single RAN mask channel drawn
                                 'mean and max.', flag_values=FLAGS)
 _SPLIT = flags.DEFINE_string('split', None, "tfds split to read images from (default: the "
                              "workdir's eval split).", flag_values=FLAGS)
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by eval '
-                             'accuracy).', flag_values=FLAGS)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: --checkpoint\'s).',
+                             flag_values=FLAGS)
+_CHECKPOINT = flags.DEFINE_enum('checkpoint', 'final', ['final', 'best'],
+                                'final: the latest checkpoint; best: the best on the run\'s '
+                                'validation split (held out of train).', flag_values=FLAGS)
 _DPI = flags.DEFINE_integer('dpi', 100, 'Resolution of the PNG files.', flag_values=FLAGS)
 flags.register_validator('num_images', lambda n: n >= 1, '--num_images must be at least 1.',
                          flag_values=FLAGS)
@@ -83,8 +87,8 @@ def read_images(data_cfg: ml_collections.ConfigDict, split: Optional[str],
 
 
 def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
-              split: Optional[str] = None, step: Optional[int] = None, dpi: int = 100
-              ) -> List[epath.Path]:
+              split: Optional[str] = None, step: Optional[int] = None, dpi: int = 100,
+              checkpoint: str = 'final') -> List[epath.Path]:
   """Writes the attention figures of ``workdir``'s checkpoint; returns the paths written."""
   folder = png_path(out).parent  # a bad --out fails before the model loads
   try:
@@ -94,9 +98,9 @@ def visualize(workdir: str, out: str, num_images: int = 4, channel: int = 0,
                          f'({e.strerror or e}); give a path in a directory you can write to.'
                          ) from None
   try:
-    model, variables, config = train.load_trained(workdir, step=step)
+    model, variables, config = train.load_trained(workdir, step=step, checkpoint=checkpoint)
   except (FileNotFoundError, CheckpointError) as e:
-    if step is not None or isinstance(e, DamagedCheckpointError):
+    if step is not None or checkpoint != 'final' or isinstance(e, DamagedCheckpointError):
       raise
     raise type(e)(
         f'{e} Train a model into the workdir first, e.g. a small RAN (a few minutes on a '
@@ -126,8 +130,12 @@ def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   cli.require('workdir', 'out')
+  if _STEP.value is not None and FLAGS['checkpoint'].present:
+    raise app.UsageError(f'Give --step or --checkpoint, not both (--step {_STEP.value}, '
+                         f'--checkpoint {_CHECKPOINT.value}).')
   paths = visualize(cli.WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
-                    channel=_CHANNEL.value, split=_SPLIT.value, step=_STEP.value, dpi=_DPI.value)
+                    channel=_CHANNEL.value, split=_SPLIT.value, step=_STEP.value, dpi=_DPI.value,
+                    checkpoint=_CHECKPOINT.value)
   for path in paths:
     print(path)
   return 0

@@ -194,5 +194,5 @@ def test_metrics_jsonl_keeps_one_row_per_step_across_a_resume(tmp_path, monkeypa
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if r.get('split') == 'train'] == [1, 2, 3, 4, 5, 6]
   assert [(r['step'], r['event']) for r in records if 'event' in r] == [
-      (0, 'start'), (3, 'resume'), (3, 'start')]
+      (0, 'start'), (3, 'resume'), (3, 'start'), (6, 'report')]
   assert [r for r in records if r.get('event') == 'resume'][0]['dropped_rows'] == 2

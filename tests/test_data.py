@@ -74,7 +74,8 @@ def mocked(num_examples: int) -> Iterator[None]:
 
 def test_config_has_every_field_the_pipeline_reads():
   cfg = data.data_config()
-  assert set(cfg) == {'dataset', 'data_dir', 'train_split', 'eval_split', 'augment',
+  assert set(cfg) == {'dataset', 'data_dir', 'train_split', 'eval_split', 'validation',
+                      'validation_seed', 'augment',
                       'image_size', 'label_noise', 'noise_seed', 'label_source', 'num_workers',
                       'prefetch', 'shuffle', 'cache_in_memory', 'download',
                       'normalise_on_device'}
@@ -86,11 +87,13 @@ def test_config_has_every_field_the_pipeline_reads():
 
 
 def test_dataset_info_reads_true_split_sizes(real_data_dir):
+  # 5% of the 4,153 training images held out for validation: 208.
   assert data.dataset_info(real_config(real_data_dir)) == data.DatasetInfo(
-      'cifar10', 10, (32, 32, 3), 4153, 1017, datasets.SPECS['cifar10'].mean,
-      datasets.SPECS['cifar10'].std)
-  info = data.dataset_info(real_config(real_data_dir, dataset='fashion_mnist'))
-  assert (info.image_shape, info.num_train, info.num_eval) == ((28, 28, 1), 60000, 10000)
+      'cifar10', 10, (32, 32, 3), 3945, 1017, datasets.SPECS['cifar10'].mean,
+      datasets.SPECS['cifar10'].std, num_validation=208)
+  info = data.dataset_info(real_config(real_data_dir, dataset='fashion_mnist', validation=0))
+  assert (info.image_shape, info.num_train, info.num_eval, info.num_validation) == (
+      (28, 28, 1), 60000, 10000, 0)
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -114,7 +117,8 @@ def test_data_plan_opens_each_split_once(real_data_dir, monkeypatch):
   assert plan.describe()['flipped_fraction'] > 0
   next(plan.train_iterator(global_batch_size=8, seed=0))
   next(iter(plan.eval_iterator(global_batch_size=8)))
-  assert plan.info.num_train == 256 and plan.describe()['num_eval'] == plan.info.num_eval
+  assert plan.info.num_train + plan.info.num_validation == 256
+  assert plan.describe()['num_eval'] == plan.info.num_eval
   assert sorted(opened) == ['test', 'train[:256]']
 
 
@@ -201,7 +205,8 @@ def test_eval_is_deterministic_and_unaugmented(real_data_dir):
   eval_ds = data.make_eval_iterator(cfg, split='train[:100]', global_batch_size=50)
   first, second = list(eval_ds), list(eval_ds)
   assert same_batches(first, second)
-  plain = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:100]')
+  plain = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:100]',
+                      validation=0)  # trains on every example of the split, in order
   train = next(data.make_train_iterator(plain, global_batch_size=50, seed=0))
   np.testing.assert_array_equal(first[0]['image'], train['image'])
 
@@ -231,11 +236,17 @@ def test_eval_sees_every_example_once_with_equal_batch_counts(real_data_dir, pro
 
 def test_train_shards_are_disjoint_and_cover_every_epoch(real_data_dir):
   cfg = real_config(real_data_dir, augment='none', train_split='train[:301]')
-  every = image_keys(np.concatenate(
-      [b['image'] for b in data.make_eval_iterator(cfg, split='train[:301]',
-                                                   global_batch_size=301)]))
+  plan = data.DataPlan(cfg)
+
+  def keys(split):
+    return image_keys(np.concatenate(
+        [b['image'][b['mask']] for b in plan.eval_iterator(split=split, global_batch_size=301)]))
+  held_out = keys(data.MINIVAL)
+  assert len(held_out) == 15  # 5% of 301
+  # The training examples: the split less the validation examples (286, in shards of 143).
+  every = [k for k in keys('train[:301]') if k not in set(held_out)]
   seen = collections.Counter()
-  for p, shard in enumerate((150, 151)):
+  for p, shard in enumerate((143, 143)):
     iterator = data.make_train_iterator(cfg, global_batch_size=100, seed=0, process_index=p,
                                         process_count=2)
     stream = np.concatenate([b['image'] for b in take(iterator, 7)])  # > 2 epochs of 50s
@@ -244,6 +255,74 @@ def test_train_shards_are_disjoint_and_cover_every_epoch(real_data_dir):
     assert not np.array_equal(epoch1, epoch2)  # ...reshuffled
     seen.update(image_keys(epoch1))
   assert seen == collections.Counter(every)
+
+
+# ---------------------------------------------------------------- validation split
+
+
+def test_choose_validation_is_seeded_class_balanced_and_uniform_without_labels():
+  labels = np.repeat([0, 1, 2], [50, 30, 20])
+  chosen = data.choose_validation(100, 10, seed=0, labels=labels)
+  assert np.array_equal(chosen, np.unique(chosen)) and chosen.dtype == np.int64
+  assert np.bincount(labels[chosen]).tolist() == [5, 3, 2]  # each class its share
+  np.testing.assert_array_equal(chosen, data.choose_validation(100, 10, 0, labels))
+  assert not np.array_equal(chosen, data.choose_validation(100, 10, 1, labels))
+  # Shares 2.38, 2.31, 2.31: the largest remainder rounds up; then ties go to the
+  # smaller label.
+  near = np.repeat([0, 1, 2], [34, 33, 33])
+  assert np.bincount(near[data.choose_validation(100, 7, 0, near)]).tolist() == [3, 2, 2]
+  assert np.bincount(near[data.choose_validation(100, 8, 0, near)]).tolist() == [3, 3, 2]
+  uniform = data.choose_validation(1000, 50, seed=3)
+  assert len(np.unique(uniform)) == 50 and uniform.max() < 1000
+  assert len(data.choose_validation(100, 0, 0, labels)) == 0
+
+
+@pytest.mark.parametrize('value, message', [
+    (-0.1, 'cannot be held out'), (2.5, 'cannot be held out'),
+    (400, 'leaving none to train on')])
+def test_bad_validation_settings_fail_with_the_fix(real_data_dir, value, message):
+  cfg = real_config(real_data_dir, train_split='train[:400]', validation=value)
+  with pytest.raises(data.DataConfigError, match=message + '.*a whole number of examples, 0 for '
+                     'no validation split'):
+    data.DataPlan(cfg).info  # noqa: B018
+
+
+def test_validation_examples_are_disjoint_from_training_and_test(real_data_dir):
+  """What the trainer validates on never trains and is no test image; together with the
+  training examples it is the whole training split, with every class's share."""
+  cfg = real_config(real_data_dir, augment='none', shuffle=False, normalise_on_device=True)
+  plan = data.DataPlan(cfg)
+  assert (plan.info.num_train, plan.info.num_validation) == (3945, 208)  # 5% of 4,153
+
+  def images_and_labels(split):
+    batches = list(plan.eval_iterator(split=split, global_batch_size=512))
+    return (np.concatenate([b['image'][b['mask']] for b in batches]),
+            np.concatenate([b['label'][b['mask']] for b in batches]))
+  held_out, held_out_labels = images_and_labels(data.MINIVAL)
+  whole, whole_labels = images_and_labels('train')
+  test, _ = images_and_labels('test')
+  iterator = plan.train_iterator(global_batch_size=3945, seed=0)
+  epoch = next(iterator)['image']  # without shuffling: every training example once
+  iterator.close()
+  assert len(held_out) == 208
+  assert not set(image_keys(held_out)) & set(image_keys(epoch))
+  assert not set(image_keys(held_out)) & set(image_keys(test))
+  assert collections.Counter(image_keys(held_out)) + collections.Counter(image_keys(epoch)) == \
+      collections.Counter(image_keys(whole))
+  shares = 208 * np.bincount(whole_labels, minlength=10) / len(whole_labels)
+  assert np.abs(np.bincount(held_out_labels, minlength=10) - shares).max() < 1
+  # The validation split is a function of the data and validation_seed alone.
+  again = data.DataPlan(real_config(real_data_dir, label_noise=0.3, noise_seed=5))
+  np.testing.assert_array_equal(again.split[1], plan.split[1])
+  other = data.DataPlan(real_config(real_data_dir, validation_seed=1))
+  assert not np.array_equal(other.split[1], plan.split[1])
+  assert other.validation_record()['indices_sha256'] != plan.validation_record()['indices_sha256']
+  none = data.DataPlan(real_config(real_data_dir, validation=0))
+  assert (none.info.num_train, none.validation_record()['selection']) == (4153, 'none')
+  with pytest.raises(data.DataConfigError, match='holds out none'):
+    none.eval_iterator(split=data.MINIVAL, global_batch_size=8)
+  count = data.DataPlan(real_config(real_data_dir, validation=100))
+  assert count.info.num_validation == 100
 
 
 # ---------------------------------------------------------------- resume
@@ -321,9 +400,10 @@ def test_symmetric_noise_matches_the_papers_confusion_matrix():
 
 
 def test_train_iterator_applies_the_noise_per_example(real_data_dir):
-  clean_cfg = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:400]')
+  clean_cfg = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:400]',
+                          validation=0)
   noisy_cfg = real_config(real_data_dir, augment='none', shuffle=False, train_split='train[:400]',
-                          label_noise=0.4, noise_seed=7)
+                          label_noise=0.4, noise_seed=7, validation=0)
   clean = split_labels(clean_cfg, 'train[:400]')
   expected, fraction = data.symmetric_label_noise(clean, 0.4, 10, seed=7)
   assert data.DataPlan(noisy_cfg).describe()['flipped_fraction'] == fraction

@@ -60,16 +60,19 @@ def test_every_study_expands_at_every_scale():
 
 
 def _row(group, seed, final, best, x, params=1000, speed=100.0, wall=60.0):
+  """A result row; ``best`` is the test accuracy of the checkpoint best on validation, at
+  step 2 of 4 (None: the final checkpoint is the best)."""
   return {'group': dict(zip(('model', 'noise'), group)), 'seed': seed, 'x': x,
-          'final_accuracy': final, 'best_accuracy': best, 'model': 'm', 'dataset': 'toy',
-          'steps': 4, 'params': params, 'macs': 2_500_000, 'images_per_s': speed,
-          'wall_s': wall}
+          'final_accuracy': final, 'best_step': 4 if best is None else 2,
+          'best_step_accuracy': final if best is None else best, 'model': 'm',
+          'dataset': 'toy', 'steps': 4, 'num_train': 950, 'num_validation': 50,
+          'params': params, 'macs': 2_500_000, 'images_per_s': speed, 'wall_s': wall}
 
 
 SYNTHETIC = [_row(('a', 'n10'), 1, 0.90, 0.91, 10), _row(('a', 'n10'), 2, 0.92, 0.93, 10),
              _row(('a', 'n50'), 1, 0.70, 0.75, 50),
-             _row(('b', 'n10'), 1, 0.80, 0.80, 10, speed=300.0),
-             _row(('b', 'n10'), 2, 0.84, 0.84, 10, speed=100.0)]
+             _row(('b', 'n10'), 1, 0.80, None, 10, speed=300.0),
+             _row(('b', 'n10'), 2, 0.84, None, 10, speed=100.0)]
 
 
 def test_table_mean_std_over_seeds_and_paper_column():
@@ -79,13 +82,22 @@ def test_table_mean_std_over_seeds_and_paper_column():
   first, single, b = rows
   # errors 10 and 8: mean 9, sample std sqrt(2)
   assert first['test error % (final)'] == '9.00 ± 1.41'
-  assert first['test error % (best)'] == '8.00 ± 1.41'
+  assert first[report.BEST_COLUMN] == '8.00 ± 1.41'  # the best checkpoints on validation
+  assert b[report.BEST_COLUMN] == '= final'  # both seeds' best is their final checkpoint
   assert first['paper error %'] == '4.50'
   assert single['test error % (final)'] == '30.00'  # one seed: no spread to show
   assert single['paper error %'] == ''
   assert b['img/s'] == '200' and b['params'] == '1,000' and b['MACs'] == '2.50M'
   text = report.render_table(STUDY, 'small', SYNTHETIC)
   assert 'Paper, Table 9' in text and '| 9.00 ± 1.41' in text
+  assert report.BEST_COLUMN in text and '50 held out, 950 trained on' in text
+  assert 'The test split is evaluated once, at the end of each run' in text
+  # Where every best checkpoint is the final one, only the final figure is shown, and said.
+  finals = [_row(('a', 'n10'), 1, 0.9, None, 10), _row(('b', 'n10'), 1, 0.8, None, 10)]
+  text = report.render_table(STUDY, 'small', finals)
+  assert report.BEST_COLUMN not in text and 'is the final one in every run' in text
+  unvalidated = [dict(r, num_validation=0, best_step=None) for r in finals]
+  assert 'held out no validation split' in report.render_table(STUDY, 'small', unvalidated)
 
 
 def test_added_columns_count_from_the_baseline_option():
@@ -158,11 +170,16 @@ FAKE_TRAINER = textwrap.dedent('''
     (workdir / 'dataset_info.json').write_text(json.dumps(
         {'name': 'fake', 'num_classes': 10, 'image_shape': [8, 8, 3]}))
     rows = [{'step': 0, 'event': 'start'}, {'step': 2, 'split': 'train', 'images_per_s': 3},
-            {'step': 2, 'split': 'test', 'accuracy': 0.6},
+            {'step': 2, 'split': 'minival', 'accuracy': 0.6},
             {'step': 4, 'split': 'train', 'images_per_s': 90},
-            {'step': 4, 'split': 'test', 'accuracy': 0.5}]
+            {'step': 4, 'split': 'minival', 'accuracy': 0.5},
+            {'step': 4, 'split': 'test', 'accuracy': 0.5},
+            {'step': 4, 'event': 'report', 'eval_split': 'test',
+             'final': {'step': 4, 'test': {'accuracy': 0.5}},
+             'best': {'step': 2, 'selected_on': 'minival', 'minival_accuracy': 0.6,
+                      'test': {'accuracy': 0.55}}, 'num_train': 91, 'num_validation': 5}]
     if os.environ.get('NO_FINAL_EVAL') == workdir.name:
-      rows = rows[:3]
+      rows = rows[:5]
     (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\\n' for r in rows))
 ''')
 
@@ -181,7 +198,8 @@ def test_runner_skips_finished_cells_and_reruns_failed_ones(tmp_path):
   assert [r['cell'] for r in map(json.loads, (workdir / 'results.jsonl').open())] == [
       'a_n10_seed1', 'a_n50_seed1', 'b_n50_seed1']
   row = runner.read_done(workdir / 'a_n10_seed1')
-  assert (row['final_accuracy'], row['best_accuracy'], row['best_step']) == (0.5, 0.6, 2)
+  assert (row['final_accuracy'], row['best_step'], row['best_validation_accuracy'],
+          row['best_step_accuracy'], row['num_validation']) == (0.5, 2, 0.6, 0.55, 5)
   assert row['images_per_s'] == 90 and row['params'] > 0 and row['macs'] > 0
   assert row['resumed'] is False and row['group'] == {'model': 'a', 'noise': 'n10'}
 
@@ -200,7 +218,7 @@ def test_a_run_without_its_final_eval_is_not_finished(tmp_path):
   env = {**os.environ, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}',
          'NO_FINAL_EVAL': 'a_n10_seed1'}
   cells = expand(STUDY, 'small', seeds=1)[:1]
-  with pytest.raises(runner.CellFailed, match='no eval at the final step 4'):
+  with pytest.raises(runner.CellFailed, match='no final report .*at the final step 4'):
     runner.run_cells(STUDY, 'small', cells, tmp_path / 'study', module='fake_trainer', env=env,
                      log=lambda line: None, poll_s=0.05)
   assert runner.read_done(tmp_path / 'study' / 'a_n10_seed1') is None

@@ -1,5 +1,7 @@
 """Unit tests of the training pieces: schedules, optimiser, losses, sharded steps."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -109,13 +111,22 @@ def test_plan_with_given_shapes_reads_no_data():
   assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
 
 
-def test_run_keys_are_the_seed_keys_of_before():
-  """Parameter init and mixup keep using jax.random.key(seed): old runs reproduce."""
-  keys = _plan(tiny_config(seed=7)).keys
-  expected = jax.random.key_data(jax.random.key(7))
-  chex.assert_trees_all_equal(jax.random.key_data(keys.params), expected)
-  chex.assert_trees_all_equal(jax.random.key_data(keys.mixup), expected)
-  assert keys.data == 7
+def test_run_keys_give_every_use_its_own_stream():
+  """Fails if any two uses (of any seed here) share a key: each would draw the same numbers."""
+  def streams(keys):
+    return {field.name: np.asarray(jax.random.key_data(value)).tobytes()
+            if isinstance(value, jax.Array) else int(value).to_bytes(8, 'little')
+            for field in dataclasses.fields(keys) for value in [getattr(keys, field.name)]}
+  seen = {}
+  for seed in (0, 1, 7):
+    keys = _plan(tiny_config(seed=seed)).keys
+    assert set(streams(keys)) == {'params', 'mixup', 'data'}  # every field is a use
+    for name, value in streams(keys).items():
+      assert value not in seen, f'seed {seed} {name} shares its key with {seen.get(value)}'
+      seen[value] = f'seed {seed} {name}'
+    again = train.RunKeys.from_seed(seed)  # derived from the seed alone
+    assert streams(again) == streams(keys)
+  assert isinstance(keys.data, int) and 0 <= keys.data < 2 ** 32
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -137,7 +148,7 @@ def test_checkpointer_keeps_latest_and_best_and_restores_data_position(tmp_path)
   checkpoints = train.Checkpointer(tmp_path, keep=2)
   for step in range(1, 6):
     next(iterator)
-    metrics = {2: {'accuracy': 0.9}, 4: {'accuracy': 0.5}}.get(step)
+    metrics = {2: {'minival_accuracy': 0.9}, 4: {'minival_accuracy': 0.5}}.get(step)
     checkpoints.save(step, jax.tree.map(lambda x: x * step, state), iterator, metrics=metrics)
   checkpoints.close()
   expected_next = next(iterator)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rattn import train
+from rattn import data, train
 from rattn.train import trainer
 from train_worker import MOCK_EXAMPLES, register, tiny_config
 
@@ -38,7 +38,13 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     assert math.isfinite(result['train_loss']) and result['best_step'] == 4
     records = _records(tmp_path)
     assert [r['step'] for r in records if r.get('split') == 'train'] == [2, 4]
-    assert [r['split'] for r in records if r.get('step') == 4] == ['train', 'test']
+    # The last step: its train window, the validation eval, then the test split (once) and
+    # the report (the best checkpoint on validation is the final one here).
+    assert [r.get('split', r.get('event')) for r in records if r.get('step') == 4] == [
+        'train', 'minival', 'test', 'report']
+    assert records[-1]['best']['step'] == 4 and records[-1]['best']['test'] == \
+        records[-1]['final']['test']
+    assert (result['num_train'], result['num_validation']) == (MOCK_EXAMPLES - 5, 5)
     assert {'loss', 'accuracy', 'lr', 'images_per_s', 'grad_norm'} <= set(records[1])
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
     assert json.loads((tmp_path / 'config.json').read_text())['model'] == config.model
@@ -46,8 +52,10 @@ def test_end_to_end_on_mock_data_and_rerun_resumes(tmp_path):
     # The same command again: nothing left to train, the same final answer.
     again = train.train_and_evaluate(config, tmp_path)
     assert again['eval_accuracy'] == result['eval_accuracy']
-    last = _records(tmp_path)[-1]
-    assert last['event'] == 'start' and last['step'] == 4  # resumed at the end: no steps
+    # Resumed at the end: no steps, only the final report again.
+    rerun = _records(tmp_path)[[r.get('event') for r in _records(tmp_path)].index('resume'):]
+    assert [(r['step'], r.get('split', r.get('event'))) for r in rerun] == [
+        (4, 'resume'), (4, 'start'), (4, 'test'), (4, 'report')]
 
     # Another model's config: refused before anything is read, nothing changed.
     wider = tiny_config(num_train_steps=6)
@@ -129,13 +137,15 @@ def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(t
       train.train_and_evaluate(config, tmp_path / 'preempted')
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
     checkpoints = train.Checkpointer(tmp_path / 'preempted' / 'checkpoints', read_only=True)
-    assert checkpoints.all_steps() == [3] and 'accuracy' in checkpoints.metrics(3)
+    assert checkpoints.all_steps() == [3] and 'minival_accuracy' in checkpoints.metrics(3)
     checkpoints.close()
     records = _records(tmp_path / 'preempted')
     assert [r['step'] for r in records if r.get('event')] == [0, 3]
-    # Nothing logged is lost: the train window cut short at step 3 and step 3's eval.
+    # Nothing logged is lost: the train window cut short at step 3 and step 3's eval (on
+    # validation: the test split waits for the end of the run).
     assert [r['step'] for r in records if r.get('split') == 'train'] == [2, 3]
-    assert [r['step'] for r in records if r.get('split') == 'test'] == [3]
+    assert [r['step'] for r in records if r.get('split') == 'minival'] == [3]
+    assert not [r for r in records if r.get('split') == 'test']
 
     monkeypatch.setattr(trainer, 'shard_batch', real)
     resumed = train.train_and_evaluate(config, tmp_path / 'preempted')
@@ -143,6 +153,141 @@ def test_sigterm_saves_the_current_step_and_rerun_finishes_as_if_uninterrupted(t
   _, expected, _ = train.load_trained(str(tmp_path / 'straight'))
   _, got, _ = train.load_trained(str(tmp_path / 'preempted'))
   chex.assert_trees_all_equal(got, expected)
+
+
+class _Tagged:
+  """An eval dataset that says which split it reads and counts its passes."""
+
+  def __init__(self, dataset, split):
+    self.dataset, self.split, self.passes = dataset, split, 0
+
+  def __iter__(self):
+    self.passes += 1
+    return iter(self.dataset)
+
+
+def _script_evaluations(monkeypatch, accuracy):
+  """Records every evaluation the trainer runs as (split, state step, train batches so far)
+  and makes its accuracy ``accuracy[split][step]``; returns the records and datasets."""
+  events, made, batches = [], [], {'n': 0}
+  real_iterator, real_evaluate, real_shard = (data.DataPlan.eval_iterator, trainer.evaluate,
+                                              trainer.shard_batch)
+
+  def eval_iterator(plan, *, split=None, **kwargs):
+    made.append(_Tagged(real_iterator(plan, split=split, **kwargs),
+                        split or plan.config.eval_split))
+    return made[-1]
+
+  def evaluate(eval_step, state, dataset, mesh):
+    step = int(jax.device_get(state.step))
+    events.append((dataset.split, step, batches['n']))
+    return dict(real_evaluate(eval_step, state, dataset, mesh),
+                accuracy=accuracy[dataset.split][step])
+
+  def shard_batch(batch, mesh):
+    batches['n'] += 1
+    return real_shard(batch, mesh)
+
+  monkeypatch.setattr(data.DataPlan, 'eval_iterator', eval_iterator)
+  monkeypatch.setattr(trainer, 'evaluate', evaluate)
+  monkeypatch.setattr(trainer, 'shard_batch', shard_batch)
+  return events, made
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_the_test_split_is_read_once_at_the_end_and_the_best_is_chosen_on_validation(
+    tmp_path, monkeypatch):
+  """Four evaluations on validation; the test split read only after the last step. Chosen
+  on test, step 2 would be "best" (90%); on validation it is step 4, whose test figure is
+  then reported beside the final one."""
+  config = tiny_config(num_train_steps=8, eval_every=2, checkpoint_every=2, log_every=2,
+                       keep_checkpoints=1)
+  accuracy = {'minival': {2: 0.3, 4: 0.6, 6: 0.5, 8: 0.4},
+              'test': {2: 0.9, 4: 0.2, 6: 0.1, 8: 0.5}}
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    events, made = _script_evaluations(monkeypatch, accuracy)
+    result = train.train_and_evaluate(config, tmp_path)
+    assert events == [('minival', 2, 2), ('minival', 4, 4), ('minival', 6, 6),
+                      ('minival', 8, 8), ('test', 8, 8), ('test', 4, 8)]
+    test_sets = [d for d in made if d.split == 'test']
+    assert len(test_sets) == 1 and test_sets[0].passes == 2  # made and read at the end only
+    assert (result['best_step'], result['best_validation_accuracy'],
+            result['best_step_eval_accuracy'], result['eval_accuracy'],
+            result['validation_accuracy']) == (4, 0.6, 0.2, 0.5, 0.4)
+    report = _records(tmp_path)[-1]
+    assert report['event'] == 'report' and report['step'] == 8
+    assert (report['best']['step'], report['best']['minival_accuracy'],
+            report['best']['test']['accuracy'], report['final']['test']['accuracy']) == (
+                4, 0.6, 0.2, 0.5)
+    assert [(r['step'], r['accuracy']) for r in _records(tmp_path)
+            if r.get('split') == 'test'] == [(8, 0.5)]  # one row: the final state's
+
+    checkpoints = train.Checkpointer(tmp_path / 'checkpoints', read_only=True)
+    # keep_checkpoints=1: the latest, and the best on validation, not the best on test.
+    assert checkpoints.all_steps() == [4, 8] and checkpoints.best_step() == 4
+    assert checkpoints.choose('best')[0] == 4 and checkpoints.choose()[0] == 8
+    checkpoints.close()
+    monkeypatch.undo()
+    assert train.load_trained(str(tmp_path))[2].restored_step == 8  # final by default
+    _, _, best = train.load_trained(str(tmp_path), checkpoint='best')
+    assert best.restored_step == 4 and 'best checkpoint on the validation split' in \
+        best.restored_checkpoint
+    held_out = train.evaluate_workdir(str(tmp_path), checkpoint='best', split='minival')
+    assert (held_out['step'], held_out['count']) == (4, 5)  # the 5 examples training held out
+  gc.collect()
+
+
+def test_without_a_validation_split_nothing_is_chosen_and_the_final_is_reported(
+    tmp_path, monkeypatch):
+  config = tiny_config(**{'num_train_steps': 4, 'eval_every': 2, 'checkpoint_every': 2,
+                          'log_every': 2, 'data.validation': 0})
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    events, _ = _script_evaluations(monkeypatch, {'test': {4: 0.5}})
+    result = train.train_and_evaluate(config, tmp_path)
+  assert events == [('test', 4, 4)]  # no periodic evaluations: nothing to evaluate on
+  assert (result['num_train'], result['num_validation'], result['best_step'],
+          result['best_step_eval_accuracy'], result['eval_accuracy']) == (
+              MOCK_EXAMPLES, 0, None, None, 0.5)
+  assert _records(tmp_path)[-1]['best'] is None
+  checkpoints = train.Checkpointer(tmp_path / 'checkpoints', read_only=True)
+  assert checkpoints.best_step() is None and checkpoints.choose()[0] == 4
+  with pytest.raises(train.CheckpointError, match='no checkpoint evaluated on a validation '
+                     r'split.*data.validation=0.*Use the final checkpoint'):
+    checkpoints.choose('best')
+  checkpoints.close()
+
+
+def test_resume_keeps_the_validation_split(tmp_path):
+  config = tiny_config(num_train_steps=2, eval_every=2, checkpoint_every=2, log_every=2)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.train_and_evaluate(config, tmp_path)
+    recorded = json.loads((tmp_path / 'dataset_info.json').read_text())
+    assert (recorded['num_train'], recorded['num_validation'], recorded['num_eval']) == (
+        MOCK_EXAMPLES - 5, 5, MOCK_EXAMPLES)
+    assert recorded['validation']['selection'] == 'class-balanced'
+    before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+    for other in ({'data.validation': 10.0}, {'data.validation': 0.0},
+                  {'data.validation_seed': 1}):
+      longer = tiny_config(num_train_steps=4, eval_every=2, checkpoint_every=2, log_every=2,
+                           **other)
+      with pytest.raises(train.WorkdirError, match=r'held out 5 validation examples.*other '
+                         'examples, so its checkpoints cannot be resumed.*Nothing was changed'):
+        train.train_and_evaluate(longer, tmp_path)
+      assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+      assert json.loads((tmp_path / 'dataset_info.json').read_text()) == recorded
+    # The same split (here also given explicitly, as its 5%) resumes, with the same record.
+    same = tiny_config(num_train_steps=4, eval_every=2, checkpoint_every=2, log_every=2,
+                       **{'data.validation': 0.05})
+    assert train.train_and_evaluate(same, tmp_path)['step'] == 4
+    assert json.loads((tmp_path / 'dataset_info.json').read_text())['validation'] == \
+        recorded['validation']
+    # A run recorded before validation splits trained on every example: only
+    # data.validation=0 resumes it.
+    del recorded['validation']
+    (tmp_path / 'dataset_info.json').write_text(json.dumps(recorded))
+    with pytest.raises(train.WorkdirError, match=r'predates validation splits.*Resume it with '
+                       'data.validation=0'):
+      train.train_and_evaluate(tiny_config(num_train_steps=6), tmp_path)
 
 
 @pytest.mark.slow

@@ -41,6 +41,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # A converted (experiments.convert) or trained workdir whose weights start the run
   # (fine-tuning); ignored once the run has its own checkpoints. '' starts from scratch.
   config.init_from = ''
+  # Which of init_from's checkpoints: 'final' (its latest), 'best' (the best on its
+  # validation split) or a step number.
+  config.init_from_checkpoint = 'final'
 
   config.data = data_config()
 
@@ -72,9 +75,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.mixup_alpha = 0.0  # 0 disables mixup
 
   config.log_every = 100
+  # Evaluations of the validation split (data.validation); the test split (data.eval_split)
+  # is evaluated once, at the last step.
   config.eval_every = 4_000
   config.checkpoint_every = 2_000
-  config.keep_checkpoints = 3  # the latest ones; the best by eval accuracy is kept as well
+  # The latest ones; the best by validation accuracy (data.validation) is kept as well.
+  config.keep_checkpoints = 3
 
   config.lock()
   return config

@@ -27,7 +27,12 @@ variant as comma-separated key=value pairs, all optional:
 Recipe (paper Sec. 4.1): batch 64, SGD Nesterov 0.9, weight decay 1e-4, lr 0.1
 divided by 10 at 64k and 96k iterations, 160k iterations; pad 4 + random crop +
 horizontal flip; per-channel normalisation. The full CIFAR-10/100 training sets
-are needed (the offline ../shared/tfds holds only a CIFAR-10 subset).
+are needed (the offline ../shared/tfds holds only a CIFAR-10 subset). The paper
+trained on all 50,000 training images; here 2,500 (5%, class-balanced) are held
+out by default as the validation split that the evaluations every 4,000 steps
+and the kept best checkpoint use, and the test set is evaluated once, at the
+end. --config.data.validation=0 trains on all 50,000, as the paper did, and
+reports the final checkpoint.
 
 Runtime: to be measured on an accelerator by the lead engineer (160k steps of
 batch 64; far too long for a 2-core CPU).

@@ -19,7 +19,24 @@ def data_config() -> ml_collections.ConfigDict:
       ``python -m experiments.make_standin``; ImageNet's transforms).
     data_dir: tfds data dir; None reads ``$TFDS_DATA_DIR`` (else tfds's default).
     train_split / eval_split: tfds split names; slices such as 'train[:90%]' work.
-      ImageNet has no 'test' split: set eval_split='validation' there.
+      ImageNet has no 'test' split: set eval_split='validation' there. eval_split is
+      the test set: evaluated once, at the end of a run, and never used to choose.
+    validation: the validation examples held out of train_split, called 'minival'
+      (ImageNet's tfds split 'validation' is its test set): training never sees them;
+      the periodic evaluations and the kept "best" checkpoint use them. None (the
+      default) holds out the dataset's share: 5% of train for cifar10 (2,500 of
+      50,000; the offline subset: 208 of 4,153), cifar100 (2,500), cifar10_n (2,500)
+      and fashion_mnist (3,000 of 60,000); 1% for imagenet2012 (12,812, as
+      big_vision's minival) and imagenet_standin. A fraction in (0, 1) holds out that
+      share, a whole number >= 1 that many examples; 0 holds out none: a run then
+      evaluates only the test split at its end and reports its final checkpoint.
+      The choice is class-balanced (every class gives its share of the count, by the
+      clean labels) for the in-memory datasets and a uniform draw for ImageNet (its
+      labels would take a pass over every JPEG); it depends on validation_seed and the
+      split alone, so every seed of a study validates on the same examples, and it
+      is recorded in the workdir (dataset_info.json), where resuming checks it.
+      Evaluation uses the clean labels here too, also under label noise.
+    validation_seed: seed of that choice (independent of the training seed).
     augment: 'auto' (the dataset's default), 'cifar' (4-pixel zero pad, random
       crop, horizontal flip), 'imagenet' (random-resized crop + flip; eval is a
       centre crop) or 'none'.
@@ -51,6 +68,8 @@ def data_config() -> ml_collections.ConfigDict:
       'data_dir': config_dict.placeholder(str),
       'train_split': 'train',
       'eval_split': 'test',
+      'validation': config_dict.placeholder(float),
+      'validation_seed': 0,
       'augment': 'auto',
       'image_size': config_dict.placeholder(int),
       'label_noise': 0.0,

@@ -1,7 +1,9 @@
 """grain input pipelines over tfds data sources: training, evaluation, throughput.
 
-Training: each process takes a contiguous shard of the split (balanced; the
-shards cover it), draws a new seeded permutation of it every epoch, and yields
+Training reads the training split less its validation examples ('minival',
+held out by ``choose_validation``; evaluated with ``eval_iterator(split=MINIVAL)``).
+Each process takes a contiguous shard of those examples (balanced; the shards
+cover them), draws a new seeded permutation of it every epoch, and yields
 local batches forever. Element k of the pipeline is step k's batch, a pure
 function of (seed, k) - the permutation, and grain's ``random_map`` for the
 augmentation - so the iterator's state is one position and ``set_state`` in a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import sys
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -32,6 +35,10 @@ from rattn.data import jpeg
 from rattn.data import noise
 
 Batch = Dict[str, np.ndarray]
+
+# The split name of the validation examples held out of train_split (data.validation).
+# Not 'validation': that is ImageNet's tfds split, its test set here.
+MINIVAL = 'minival'
 
 
 def _processes(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
@@ -67,23 +74,47 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int) -> T
           num_examples * (process_index + 1) // process_count)
 
 
+def choose_validation(num_examples: int, count: int, seed: int,
+                      labels: Optional[np.ndarray] = None) -> np.ndarray:
+  """The sorted indices of ``count`` of a split's ``num_examples``, held out for validation.
+
+  With ``labels``, class-balanced: every class gives its share of ``count`` (largest
+  remainders round the shares), drawn at random within the class; without, a uniform
+  draw. A pure function of its arguments: the same split and seed give the same
+  examples on every host, in every run.
+  """
+  rng = np.random.default_rng([int(seed), 0x76616c])  # its own stream, whatever the seed
+  if count <= 0:
+    return np.zeros(0, np.int64)
+  if labels is None:
+    return np.sort(rng.choice(num_examples, count, replace=False)).astype(np.int64)
+  classes, sizes = np.unique(labels, return_counts=True)
+  shares = sizes * count / num_examples
+  quota = np.floor(shares).astype(np.int64)
+  # The classes with the largest remainders take the rest (ties: the smaller label).
+  order = np.lexsort((classes, -(shares - quota)))
+  quota[order[:count - int(quota.sum())]] += 1
+  chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class _ReadRecord:
-  """Reads example ``start + i`` of the split as {'image', 'label': int32}.
+  """Reads example ``indices[i]`` of the split as {'image', 'label': int32}.
 
   Images of the small datasets are uint8 HWC, resized to ``size``; ImageNet's
   stay JPEG bytes, decoded where they are cropped.
   Noise arrays cover the whole split, so noise follows the example, not the shard.
   """
   source: Sequence[Dict[str, Any]]
-  start: int
+  indices: np.ndarray  # this shard's examples, as indices into the split
   label_key: str
   size: Optional[int]
   num_classes: int
   plan: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
   def __call__(self, i: int) -> Dict[str, Any]:
-    index = self.start + int(i)
+    index = int(self.indices[i])
     record = self.source[index]
     image = record['image']
     if self.size is not None:
@@ -224,9 +255,10 @@ class DataPlan:
   """The input of a run, assembled once from ``config.data``.
 
   Checks the data config once (dataset, augmentation, caching, label source),
-  opens each tfds split once, and holds what every consumer asks for: the
-  dataset's ``info``, the label-noise plan, the training and eval iterators and
-  ``describe()``.
+  opens each tfds split once, holds out the validation examples, and holds what
+  every consumer asks for: the dataset's ``info``, the label-noise plan, the
+  training and eval iterators, the validation split's ``validation_record()``
+  and ``describe()``.
   """
 
   def __init__(self, data_cfg: ml_collections.ConfigDict):
@@ -245,9 +277,36 @@ class DataPlan:
     return datasets.DatasetInfo(
         name=self.config.dataset, num_classes=self.spec.num_classes,
         image_shape=(self.image_size, self.image_size, self.spec.channels),
-        num_train=len(self.source(self.config.train_split)),
+        num_train=len(self.split[0]),
         num_eval=len(self.source(self.config.eval_split)),
-        mean=self.spec.mean, std=self.spec.std)
+        mean=self.spec.mean, std=self.spec.std, num_validation=len(self.split[1]))
+
+  @functools.cached_property
+  def split(self) -> Tuple[np.ndarray, np.ndarray]:
+    """(training, validation) example indices into train_split: disjoint, sorted, covering it.
+
+    Class-balanced on the small datasets (their clean labels are read once, images
+    left encoded); a uniform draw on ImageNet (``data.validation``'s docstring).
+    """
+    cfg = self.config
+    source = self.source(cfg.train_split)
+    count = datasets.validation_size(cfg, len(source))
+    labels = (datasets.read_labels(cfg, cfg.train_split, source)
+              if count and self.spec.small else None)
+    held_out = choose_validation(len(source), count, int(cfg.get('validation_seed', 0)),
+                                 labels)
+    return np.setdiff1d(np.arange(len(source), dtype=np.int64), held_out), held_out
+
+  def validation_record(self) -> Dict[str, Any]:
+    """What identifies the validation split, for the workdir: a resumed run must match it."""
+    cfg, held_out = self.config, self.split[1]
+    return {
+        'split': MINIVAL, 'of': cfg.train_split,
+        'selection': ('none' if not len(held_out) else
+                      'class-balanced' if self.spec.small else 'uniform'),
+        'seed': int(cfg.get('validation_seed', 0)), 'num_examples': int(len(held_out)),
+        'indices_sha256': hashlib.sha256(held_out.astype('<i8').tobytes()).hexdigest(),
+    }
 
   @functools.cached_property
   def noise(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -255,11 +314,15 @@ class DataPlan:
     cfg = self.config
     if self.label_noise <= 0:
       return None
+    # Over the whole split, validation examples included: an example's noise does not
+    # depend on which examples are held out.
     return noise.noise_plan(len(self.source(cfg.train_split)), self.label_noise,
                             self.spec.num_classes, cfg.noise_seed)
 
   def source(self, split: str) -> Sequence[Dict[str, Any]]:
-    """The tfds data source of ``split``, opened on first use."""
+    """The tfds data source of ``split``, opened on first use (MINIVAL: train_split's)."""
+    if split == MINIVAL:
+      split = self.config.train_split
     if split not in self._sources:
       try:
         self._sources[split] = datasets.open_split(self.config, split)
@@ -271,13 +334,28 @@ class DataPlan:
 
   def _reader(self, split: str, train: bool, process_index: int,
               process_count: int) -> Tuple[_ReadRecord, int, int]:
-    """This process's reader, its shard size, and the split size."""
+    """This process's reader, its shard size, and the split size.
+
+    ``train``: train_split's training examples (its noisy labels); MINIVAL: its
+    validation examples; any other split whole. The last two with clean labels.
+    """
     source = self.source(split)
-    num_examples = len(source)
+    if train:
+      examples = self.split[0]
+    elif split == MINIVAL:
+      examples = self.split[1]
+      if not len(examples):
+        raise datasets.DataConfigError(
+            f'{self.config.dataset}:{self.config.train_split} has no validation examples '
+            f"('{MINIVAL}') here: data.validation={self.config.get('validation')} holds out "
+            'none. Evaluate another split, or train with a validation split (data.validation).')
+    else:
+      examples = np.arange(len(source), dtype=np.int64)
+    num_examples = len(examples)
     start, stop = shard_bounds(num_examples, process_index, process_count)
     size = self.image_size if self.spec.small else None
-    read = _ReadRecord(source, start, self.train_label_key if train else 'label', size,
-                       self.spec.num_classes, self.noise if train else None)
+    read = _ReadRecord(source, examples[start:stop], self.train_label_key if train else 'label',
+                       size, self.spec.num_classes, self.noise if train else None)
     return read, stop - start, num_examples
 
   def train_iterator(self, *, global_batch_size: int, seed: int,
@@ -322,6 +400,8 @@ class DataPlan:
                     process_count: Optional[int] = None) -> grain.IterDataset:
     """One pass over ``split`` (default eval_split): {'image', 'label', 'mask'} batches.
 
+    ``split=MINIVAL`` passes over the validation examples held out of train_split.
+
     Every example appears exactly once across processes; the last batches are
     padded (mask False) so that every process yields the same number of
     batches, which a multi-host jit needs. Labels are always the clean ones.
@@ -354,6 +434,8 @@ class DataPlan:
         'train_split': cfg.train_split,
         'eval_split': cfg.eval_split,
         'num_train': info.num_train,
+        'num_validation': info.num_validation,
+        'validation': self.validation_record()['selection'],
         'num_eval': info.num_eval,
         'num_classes': info.num_classes,
         'image_shape': info.image_shape,
@@ -361,7 +443,9 @@ class DataPlan:
         'in_memory': self.in_memory,
         'label_source': cfg.label_source,
         'label_noise': float(cfg.label_noise),
-        'flipped_fraction': float(self.noise[0].mean()) if self.noise is not None else 0.0,
+        # Of the examples trained on.
+        'flipped_fraction': (float(self.noise[0][self.split[0]].mean())
+                             if self.noise is not None else 0.0),
     }
 
 

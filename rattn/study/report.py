@@ -36,6 +36,20 @@ def _error(row: Mapping[str, Any], key: str) -> float:
   return 100.0 * (1.0 - row[key])
 
 
+FINAL_COLUMN = 'test error % (final)'
+BEST_COLUMN = 'test error % (best-on-val ckpt)'
+
+
+def _best_differs(row: Mapping[str, Any]) -> bool:
+  """Whether the run's checkpoint best on validation is not its final one."""
+  return row.get('best_step') is not None and row['best_step'] != row['steps']
+
+
+def _best_error(row: Mapping[str, Any]) -> float:
+  """Test error of the checkpoint best on validation (the final one where that is it)."""
+  return _error(row, 'best_step_accuracy' if _best_differs(row) else 'final_accuracy')
+
+
 ADDED_COLUMNS = ('added params', 'added MACs')
 
 
@@ -55,7 +69,11 @@ def _baseline_group(study: Study, group: Tuple[str, ...]) -> Optional[Tuple[str,
 
 def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
   """One table row per cell: test error over seeds, the paper's figure, cost (and, where the
-  study has a baseline option, what each cell adds to the baseline's parameters and MACs)."""
+  study has a baseline option, what each cell adds to the baseline's parameters and MACs).
+
+  The test error is the final checkpoint's; where some seed's best checkpoint on the
+  validation split is another one, ``BEST_COLUMN`` gives the test error of those best
+  checkpoints (each seed's final one where that is its best), and '= final' elsewhere."""
   axis_names = [a.name for a in study.axes]
   groups = group_rows(rows)
   out = []
@@ -66,8 +84,9 @@ def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str
         **dict(zip(axis_names, group)),
         'network': runs[0]['model'],
         'seeds': str(len(runs)),
-        'test error % (final)': format_mean_std([_error(r, 'final_accuracy') for r in runs]),
-        'test error % (best)': format_mean_std([_error(r, 'best_accuracy') for r in runs]),
+        FINAL_COLUMN: format_mean_std([_error(r, 'final_accuracy') for r in runs]),
+        BEST_COLUMN: (format_mean_std([_best_error(r) for r in runs])
+                      if any(map(_best_differs, runs)) else '= final'),
         'paper error %': '' if paper is None else f'{paper:.2f}',
         'params': f'{runs[0]["params"]:,}',
         'MACs': format_count(runs[0]['macs']),
@@ -84,10 +103,13 @@ def table_rows(study: Study, rows: Sequence[Mapping[str, Any]]) -> List[Dict[str
 def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) -> str:
   """table.md: what was run, the table, and how to read it."""
   columns = [a.name for a in study.axes] + [
-      'network', 'seeds', 'test error % (final)', 'test error % (best)', 'paper error %',
+      'network', 'seeds', FINAL_COLUMN, BEST_COLUMN, 'paper error %',
       'params', 'MACs', 'img/s', 'wall s']
   if not study.paper:
     columns.remove('paper error %')
+  differs = any(map(_best_differs, rows))
+  if not differs:
+    columns.remove(BEST_COLUMN)
   if study.baseline:
     columns[columns.index('MACs') + 1:columns.index('MACs') + 1] = ADDED_COLUMNS
   first = rows[0]
@@ -99,9 +121,10 @@ def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) ->
            '',
            format_table(table_rows(study, rows), columns), '',
            'Test error = 100 − test accuracy, mean ± sample standard deviation over seeds, '
-           'at the last step (final) and at the best eval (best). params / MACs: trainable '
-           'parameters / multiply-adds per image at this input size; img/s: median training '
-           'throughput; wall s: mean wall time of one run (start-up included).'
+           'of the final checkpoint (the last step). '
+           + (f'{_protocol(rows, differs)} ' if _protocol(rows, differs) else '')
+           + 'params / MACs: trainable parameters / multiply-adds per image at this input size; img/s: median '
+           'training throughput; wall s: mean wall time of one run (start-up included).'
            + (f' added params / added MACs: what the cell adds to its {study.baseline!r} '
               'counterpart.' if study.baseline else '')]
   if study.paper:
@@ -110,6 +133,25 @@ def render_table(study: Study, scale: str, rows: Sequence[Mapping[str, Any]]) ->
               + '. Its figures come from a different, far longer setting: compare the '
               'direction and size of differences, not the values.']
   return '\n'.join(lines) + '\n'
+
+
+def _protocol(rows: Sequence[Mapping[str, Any]], differs: bool) -> str:
+  """How the runs used their data: what was held out, what chose, when test was read."""
+  held_out = sorted({(r['num_validation'], r['num_train']) for r in rows
+                     if r.get('num_validation')})
+  if not held_out:
+    if any(r.get('num_validation') is None for r in rows):  # rows from before the report
+      return ''
+    return ('The runs held out no validation split: the test split is evaluated once, at the '
+            'end of each run, and no checkpoint is chosen.')
+  sizes = '; '.join(f'{v:,} held out, {t:,} trained on' for v, t in held_out)
+  chosen = ('The best-on-val ckpt column gives the test error of the checkpoint best on '
+            'validation where, for some seed, that is not the final one (= final: it is the '
+            'final one for every seed).' if differs else
+            'The best checkpoint on validation is the final one in every run here.')
+  return (f'The periodic evaluations use validation examples held out of the training split '
+          f'({sizes}); only they rank checkpoints. The test split is evaluated once, at the '
+          f'end of each run. {chosen}')
 
 
 def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
@@ -150,5 +192,5 @@ def plot(study: Study, scale: str, rows: Sequence[Mapping[str, Any]],
   return path
 
 
-__all__ = ['ADDED_COLUMNS', 'TABLE_FILE', 'format_mean_std', 'group_rows', 'mean_std', 'plot',
+__all__ = ['ADDED_COLUMNS', 'BEST_COLUMN', 'FINAL_COLUMN', 'TABLE_FILE', 'format_mean_std', 'group_rows', 'mean_std', 'plot',
            'render_table', 'table_rows']

@@ -78,24 +78,35 @@ def _model_counts(config: Mapping[str, Any], info: Mapping[str, Any],
 
 def result_row(study: Study, scale: str, cell: Cell, cell_dir: pathlib.Path, wall_s: float,
                resumed: bool, counts_cache: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
-  """One results.jsonl line, read off the finished run's files."""
+  """One results.jsonl line, read off the finished run's files.
+
+  The test figures come from the run's final ``report`` event: ``final_accuracy``
+  (the final state), and ``best_step`` / ``best_validation_accuracy`` /
+  ``best_step_accuracy`` (the checkpoint best on the validation split, its
+  validation and its test accuracy; None for a run without a validation split).
+  No test figure chooses anything.
+  """
   config = json.loads((cell_dir / CONFIG_FILE).read_text())
   info = json.loads((cell_dir / DATASET_INFO_FILE).read_text())
   records = _read_jsonl(cell_dir / METRICS_FILE)
-  split = config['data']['eval_split']
-  evals = {r['step']: r for r in records if r.get('split') == split}  # later lines win
   steps = int(config['num_train_steps'])
-  if steps not in evals:
-    raise CellFailed(f'{cell.name}: {cell_dir / METRICS_FILE} has no eval at the final step '
-                     f'{steps}; rerun the study to finish the cell.')
-  best_step = max(evals, key=lambda s: (evals[s]['accuracy'], -s))
+  reports = [r for r in records if r.get('event') == 'report' and r.get('step') == steps]
+  if not reports:
+    raise CellFailed(f'{cell.name}: {cell_dir / METRICS_FILE} has no final report (the test '
+                     f'evaluation at the final step {steps}); rerun the study to finish the '
+                     'cell.')
+  report, best = reports[-1], reports[-1]['best'] or {}  # later lines win
   return {
       'study': study.name, 'scale': scale, 'cell': cell.name,
       'group': dict(zip((a.name for a in study.axes), cell.group)), 'x': cell.x,
       'seed': cell.seed, 'config': cell.config, 'overrides': cell.overrides,
       'model': config['model'], 'dataset': info['name'], 'steps': steps,
-      'final_accuracy': evals[steps]['accuracy'], 'best_accuracy': evals[best_step]['accuracy'],
-      'best_step': best_step, **_model_counts(config, info, counts_cache),
+      'num_train': report.get('num_train'), 'num_validation': report.get('num_validation'),
+      'final_accuracy': report['final']['test']['accuracy'],
+      'best_step': best.get('step'),
+      'best_validation_accuracy': best.get('minival_accuracy'),  # rattn.data.MINIVAL's
+      'best_step_accuracy': best['test']['accuracy'] if best else None,
+      **_model_counts(config, info, counts_cache),
       'images_per_s': steady_images_per_s(records), 'wall_s': round(wall_s, 1),
       'resumed': resumed,
   }

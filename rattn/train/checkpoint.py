@@ -24,9 +24,11 @@ unverified (said in one info line) and is still checked for finiteness. A
 checkpoint whose arrays do not fit the config's state is not damaged: that is
 a ``CheckpointError`` naming the first difference, and nothing moves.
 
-Retention: the latest ``keep`` checkpoints, plus the one with the best eval
-accuracy (eval steps pass their metrics to ``save``). Saves are asynchronous;
-``close`` waits for the last one.
+Retention: the latest ``keep`` checkpoints, plus the one with the best
+validation accuracy (``BEST_METRIC``: validation steps pass their metrics to
+``save``; the test split never ranks a checkpoint). ``choose`` names the step
+a reader loads: the final (latest) one by default, the best on validation only
+when asked. Saves are asynchronous; ``close`` waits for the last one.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ from etils import epath
 
 from rattn.train import workdir as workdir_files
 
-BEST_METRIC = 'accuracy'
+# Accuracy on the validation examples held out of train ('minival', rattn.data.MINIVAL).
+# Checkpoints of runs from before validation splits carry test 'accuracy': never ranked.
+BEST_METRIC = 'minival_accuracy'
+CHOICES = ('final', 'best')  # what ``choose`` takes besides a step number
 CHECKSUMS = 'checksums'
 DAMAGED_SUFFIX = '_damaged'  # checkpoints/ -> checkpoints_damaged/
 _MAX_REASON = 200  # orbax errors can dump whole tensorstore specs
@@ -133,9 +138,46 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def best_step(self) -> Optional[int]:
-    """The step with the best eval accuracy; the latest step if none was evaluated."""
+    """The step with the best validation accuracy; None where no checkpoint has one (a
+    run without a validation split, or one from before validation splits)."""
     evaluated = [s for s in self._manager.all_steps() if BEST_METRIC in (self.metrics(s) or {})]
-    return self._manager.best_step() if evaluated else self.latest_step()
+    return self._manager.best_step() if evaluated else None
+
+  def choose(self, which: str | int | None = 'final') -> Tuple[int, str]:
+    """``(step, why)``: the checkpoint a reader loads for ``which``, and the reason, for its
+    log line. 'final' (or None): the latest checkpoint, the default; 'best': the best on
+    the validation split; a number: that step.
+
+    Raises:
+      CheckpointError: there is no checkpoint, none with validation metrics ('best'), or
+        ``which`` is not a choice.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f'{self.directory} holds no checkpoint yet: training saves the '
+                            'first one at config.checkpoint_every steps or at its last step.')
+    if which is None or which == 'final':
+      step = self.latest_step()
+      return step, f'the final checkpoint, step {step:,} (the latest; the default)'
+    if which == 'best':
+      step = self.best_step()
+      if step is None:
+        raise CheckpointError(
+            f'{self.directory} holds no checkpoint evaluated on a validation split, so none is '
+            '"best": the run held out no validation examples (data.validation=0), or predates '
+            'validation splits. Use the final checkpoint (the default) or name a step, one '
+            f'of {steps}.')
+      accuracy = self.metrics(step)[BEST_METRIC]
+      return step, (f'the best checkpoint on the validation split, step {step:,} (validation '
+                    f'accuracy {100 * accuracy:.2f}%), as asked')
+    if isinstance(which, str) and not which.isdigit():
+      raise CheckpointError(f'Cannot choose the checkpoint {which!r}: use one of '
+                            f'{", ".join(CHOICES)} or a step number, one of {steps}.')
+    step = int(which)
+    if step not in steps:
+      raise CheckpointError(f'No checkpoint at step {step} in {self.directory}; the saved steps '
+                            f'are {steps}.')
+    return step, f'the checkpoint at step {step:,}, as asked'
 
   def last_good_step(self) -> Optional[int]:
     """The newest step, still on disk, that this object saved from a finite state or

@@ -1,7 +1,8 @@
 """Starting a run from another workdir's weights: ``config.init_from`` (fine-tuning).
 
-The source is a converted (``experiments.convert``) or trained workdir. Its best
-checkpoint (the latest if none was evaluated) gives the params and batch_stats;
+The source is a converted (``experiments.convert``) or trained workdir. Its final
+(latest) checkpoint, or the one ``config.init_from_checkpoint`` names ('best': the
+best on the source's validation split; or a step number), gives the params and batch_stats;
 the optimiser state and the step start afresh. The classifier, found as the
 params whose shape depends on num_classes, is re-initialised when the class
 counts differ; every other variable must match in path and shape. The source's
@@ -40,7 +41,7 @@ def classifier_paths(plan: RunPlan) -> Set[Path]:
   return {p for p in ours if ours[p] != other.get(p)}
 
 
-def _restore_source(path: os.PathLike, plan: RunPlan) -> Tuple[TrainState, Any, int, int]:
+def _restore_source(path: os.PathLike, plan: RunPlan) -> Tuple[TrainState, Any, int, int, str]:
   config, info = workdir_files.read_run_files(path)
   if config.model != plan.config.model:
     raise ConfigError(
@@ -49,16 +50,19 @@ def _restore_source(path: os.PathLike, plan: RunPlan) -> Tuple[TrainState, Any, 
         f'--config.model={config.model} (and its model_kwargs), or drop --config.init_from.')
   checkpoints = Checkpointer(workdir_files.checkpoint_dir(path), read_only=True)
   try:
-    step = checkpoints.best_step()
-    if step is None:
+    if not checkpoints.all_steps():
       raise CheckpointError(f'config.init_from={str(path)!r} holds no checkpoint yet '
                             f'({checkpoints.directory} is empty): nothing to start from.')
+    try:
+      step, why = checkpoints.choose(str(plan.config.get('init_from_checkpoint', 'final')))
+    except CheckpointError as e:
+      raise CheckpointError(f'config.init_from_checkpoint: {e}') from None
     source = make_plan(config, plan.mesh, image_shape=tuple(info['image_shape']),
                        num_classes=info['num_classes'])
     state = checkpoints.restore(step, source.abstract_state())
   finally:
     checkpoints.close()
-  return state, config, int(info['num_classes']), step
+  return state, config, int(info['num_classes']), step, why
 
 
 def initial_state(plan: RunPlan) -> TrainState:
@@ -68,7 +72,7 @@ def initial_state(plan: RunPlan) -> TrainState:
   if not path:
     return fresh
   path = workdir_files.resolve(path)  # a local directory or gs://bucket/run
-  source, source_config, source_classes, step = _restore_source(path, plan)
+  source, source_config, source_classes, _, why = _restore_source(path, plan)
   head = classifier_paths(plan) if source_classes != plan.num_classes else set()
   merged, mismatches = {}, []
   for collection in ('params', 'batch_stats'):
@@ -95,8 +99,8 @@ def initial_state(plan: RunPlan) -> TrainState:
         f'({plan.config.model}, model_kwargs={plan.config.model_kwargs.to_dict()}): '
         f'{len(mismatches)} variables differ, first: {"; ".join(mismatches[:3])}. Use the '
         'model_kwargs the source was built with, or drop --config.init_from.')
-  logging.info('Initialised from %s (checkpoint at step %d): params and batch_stats copied; '
-               'fresh optimiser state, starting at step 0.', path, step)
+  logging.info('Initialised from %s, %s (config.init_from_checkpoint): params and batch_stats '
+               'copied; fresh optimiser state, starting at step 0.', path, why)
   if head:
     logging.info('Re-initialised the classifier for %d classes (the source has %d): %s.',
                  plan.num_classes, source_classes,

@@ -25,11 +25,13 @@ DATA_AXIS = 'data'
 
 @dataclasses.dataclass(frozen=True)
 class RunKeys:
-  """The run's randomness, all derived here from ``config.seed``: one stream per use.
+  """The run's randomness, all derived here, once, from ``config.seed``: one stream per use.
 
-  Kept exactly as the keys were before they were gathered here (the parameter
-  init and mixup keys are both ``jax.random.key(seed)``; mixup folds in the
-  step), so that saved checkpoints and results reproduce bit for bit.
+  ``jax.random.split`` of ``jax.random.key(seed)`` gives each use its own key, so
+  no two uses draw the same numbers (``tests/test_train.py`` checks every field).
+  The data config's own seeds (``data.noise_seed``, ``data.validation_seed``) are
+  independent of it on purpose: a study's seeds compare models on the same labels
+  and validation examples.
   """
   params: jax.Array  # model initialisation
   mixup: jax.Array  # folded with the step inside the train step
@@ -37,8 +39,9 @@ class RunKeys:
 
   @classmethod
   def from_seed(cls, seed: int) -> 'RunKeys':
-    return cls(params=jax.random.key(int(seed)), mixup=jax.random.key(int(seed)),
-               data=int(seed))
+    params, mixup, data = jax.random.split(jax.random.key(int(seed)), 3)
+    # grain and numpy take an integer seed: 32 bits drawn from the data stream's key.
+    return cls(params=params, mixup=mixup, data=int(jax.random.bits(data, dtype=jnp.uint32)))
 
 
 class TrainState(train_state.TrainState):

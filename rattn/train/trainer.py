@@ -6,6 +6,16 @@ workdir resumes from the latest checkpoint: parameters, optimiser state, step
 and the input pipeline's position all come back, so the resumed run computes
 what an uninterrupted one would have.
 
+Held-out data: every ``eval_every`` steps (and at the last step) the loop
+evaluates the validation examples held out of the training split
+(``rattn.data.MINIVAL``, ``config.data.validation``); those metrics rank the
+checkpoints, so the kept "best" one is the best on validation. The test split
+(``config.data.eval_split``) is read once, at the end: the final state, and the
+best-on-validation checkpoint where that is another one, are evaluated on it and
+reported side by side (a ``report`` event in metrics.jsonl). It never chooses
+anything. A run with ``data.validation=0`` evaluates nothing until the end and
+reports its final checkpoint.
+
 The loop never waits on the device except at log, eval and checkpoint steps:
 per-step metrics stay on device until then.
 
@@ -34,7 +44,7 @@ from absl import logging
 from rattn import data
 from rattn.models.summary import count_params
 from rattn.train import workdir as workdir_files
-from rattn.train.checkpoint import Checkpointer
+from rattn.train.checkpoint import BEST_METRIC, Checkpointer
 from rattn.train.init_from import initial_state
 from rattn.train.metric_writer import MetricWriter
 from rattn.train.plan import make_plan
@@ -138,9 +148,14 @@ def _first_non_finite(pending) -> Optional[Tuple[int, Dict[str, float]]]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
 
-  Returns a dict with ``step``, ``train_loss``, ``train_accuracy``,
-  ``eval_accuracy``, ``eval_top5_accuracy``, ``eval_loss``, ``best_eval_accuracy``,
-  ``best_step``, ``num_params`` and ``wall_time_s`` (of this invocation).
+  Returns a dict with ``step``, ``train_loss``, ``train_accuracy``;
+  ``eval_accuracy``, ``eval_top5_accuracy``, ``eval_loss`` (the final state on
+  the test split, eval_split); ``validation_accuracy`` (the final state on the
+  validation split); ``best_step`` and ``best_validation_accuracy`` (the
+  checkpoint best on validation) and ``best_step_eval_accuracy`` (its test
+  accuracy), all three None without a validation split; ``num_train``,
+  ``num_validation``, ``num_eval`` (example counts); ``num_params`` and
+  ``wall_time_s`` (of this invocation).
 
   Raises:
     ConfigError: the config cannot run (the message says which field to change).
@@ -172,6 +187,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_files.check_same_run(workdir, config)  # before anything is read, moved or rewritten
   plan = make_plan(config)  # the config is checked once, here
   mesh, info = plan.mesh, plan.data.info
+  validation = plan.data.validation_record()
+  workdir_files.check_same_split(workdir, config, validation)  # before anything is written
   total_steps = int(config.num_train_steps)
   if is_primary:
     workdir_files.make_workdir(workdir)
@@ -184,9 +201,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_iter = plan.data.train_iterator(global_batch_size=config.batch_size,
                                           seed=plan.keys.data)
     cleanup.callback(train_iter.close)  # stops grain's reader threads / worker processes
-    eval_data = plan.data.eval_iterator(global_batch_size=config.eval_batch_size)
+    # The validation examples; the test split's iterator is only made at the end.
+    validation_data = (plan.data.eval_iterator(global_batch_size=config.eval_batch_size,
+                                               split=data.MINIVAL)
+                       if info.num_validation else None)
     description = plan.data.describe()
     logging.info('Data: %s', description)
+    if validation_data is not None:
+      logging.info('Training on %s of the %s examples of %s; %s held out (%s, validation_seed '
+                   '%d) as %r for the evaluations every %s steps and the best checkpoint; %s '
+                   'is evaluated once, at the end (%s examples).', f'{info.num_train:,}',
+                   f'{info.num_train + info.num_validation:,}', config.data.train_split,
+                   f'{info.num_validation:,}', validation['selection'], validation['seed'],
+                   data.MINIVAL, f'{int(config.eval_every):,}', config.data.eval_split,
+                   f'{info.num_eval:,}')
+    else:
+      logging.info('Training on all %s examples of %s: no validation split (data.validation=0), '
+                   'so nothing is evaluated before the end, where %s (%s examples) is, and the '
+                   'final checkpoint is reported.', f'{info.num_train:,}',
+                   config.data.train_split, config.data.eval_split, f'{info.num_eval:,}')
     stop_if_terminated('after opening the data')
 
     # ---------------------------------------------------------------- model, state, resume
@@ -202,7 +235,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    'checkpoints)' if config.get('init_from') else '')
     start_step = latest or 0
     if is_primary:
-      workdir_files.write_run_files(workdir, config, info, data.data_dir(config.data))
+      workdir_files.write_run_files(workdir, config, info, data.data_dir(config.data),
+                                    validation=validation)
     stop_if_terminated('after creating the train state')
     num_params = count_params(variables=state.variables())
     logging.info('Model %s: %s parameters; %s images of shape %s, %d classes.', config.model,
@@ -224,11 +258,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cleanup.callback(writer.close)
     writer.write_event(start_step, 'start', model=config.model, num_params=num_params,
                        processes=jax.process_count(), devices=mesh.size, data=description)
-    best_step = checkpoints.best_step()
-    best_metrics = checkpoints.metrics(best_step) if best_step is not None else None
-    best = (best_metrics['accuracy'], best_step) if best_metrics else None
+    best_step = checkpoints.best_step()  # by validation accuracy: (accuracy, step) or None
+    best = ((checkpoints.metrics(best_step)[BEST_METRIC], best_step)
+            if best_step is not None else None)
     train_metrics: Dict[str, float] = {}
-    eval_metrics: Optional[Dict[str, float]] = None
+    validation_metrics: Optional[Dict[str, float]] = None
     pending: List[Tuple[int, Dict[str, jax.Array]]] = []
 
     def stop_if_diverged(steps):
@@ -254,17 +288,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         pending = []
         writer.write_train(step, train_metrics, lr=float(plan.schedule(step - 1)))
 
-      run_eval = step % config.eval_every == 0 or is_last
-      if run_eval or step % config.checkpoint_every == 0 or preempted:
+      run_eval = validation_data is not None and (step % config.eval_every == 0 or is_last)
+      if run_eval or is_last or step % config.checkpoint_every == 0 or preempted:
         pause = time.perf_counter()
         stop_if_diverged(pending)  # never save a state that a NaN has touched
+        ranking = None
         if run_eval:
-          eval_metrics = evaluate(eval_step, state, eval_data, mesh)
-          if best is None or eval_metrics['accuracy'] > best[0]:
-            best = (eval_metrics['accuracy'], step)
-          writer.write_eval(step, config.data.eval_split, eval_metrics,
+          validation_metrics = evaluate(eval_step, state, validation_data, mesh)
+          if best is None or validation_metrics['accuracy'] > best[0]:
+            best = (validation_metrics['accuracy'], step)
+          writer.write_eval(step, data.MINIVAL, validation_metrics,
                             seconds=time.perf_counter() - pause, best=best)
-        checkpoints.save(step, state, train_iter, metrics=eval_metrics if run_eval else None)
+          ranking = {BEST_METRIC: validation_metrics['accuracy']}
+        checkpoints.save(step, state, train_iter, metrics=ranking)
         writer.flush()  # rows up to a checkpoint are on disk (or in the bucket) with it
         writer.exclude_pause(time.perf_counter() - pause)
 
@@ -277,25 +313,60 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise TrainingPreempted(message, step)
 
     # ---------------------------------------------------------------- final report
-    if eval_metrics is None:  # the workdir had already finished: report, don't retrain
-      eval_metrics = evaluate(eval_step, state, eval_data, mesh)
-      best = best or (eval_metrics['accuracy'], start_step)
     final_step = int(jax.device_get(state.step))
+    if validation_data is not None and validation_metrics is None:
+      # The workdir had already finished: report, don't retrain.
+      validation_metrics = evaluate(eval_step, state, validation_data, mesh)
+    # The test split, for the first time in this run: the final state, then the best one on
+    # validation where that is another checkpoint. Neither result chooses anything.
+    pause = time.perf_counter()
+    test_data = plan.data.eval_iterator(global_batch_size=config.eval_batch_size)
+    test_metrics = evaluate(eval_step, state, test_data, mesh)
+    writer.write_eval(final_step, config.data.eval_split, test_metrics,
+                      seconds=time.perf_counter() - pause)
+    best_test = test_metrics if best is not None and best[1] == final_step else None
+    if best is not None and best_test is None:
+      checkpoints.wait_until_finished()
+      best_state = checkpoints.restore(best[1], plan.abstract_state())
+      best_test = evaluate(eval_step, best_state, test_data, mesh)
+      del best_state
+    writer.write_event(final_step, 'report', eval_split=config.data.eval_split,
+                       final={'step': final_step, 'test': test_metrics,
+                              data.MINIVAL: validation_metrics},
+                       best=None if best is None else {
+                           'step': best[1], 'selected_on': data.MINIVAL,
+                           f'{data.MINIVAL}_accuracy': best[0], 'test': best_test},
+                       num_train=info.num_train, num_validation=info.num_validation,
+                       num_eval=info.num_eval)
 
   result = {
       'step': final_step,
       'train_loss': train_metrics.get('loss'),
       'train_accuracy': train_metrics.get('accuracy'),
-      'eval_accuracy': eval_metrics['accuracy'],
-      'eval_top5_accuracy': eval_metrics['top5_accuracy'],
-      'eval_loss': eval_metrics['loss'],
-      'best_eval_accuracy': best[0],
-      'best_step': best[1],
+      'eval_accuracy': test_metrics['accuracy'],
+      'eval_top5_accuracy': test_metrics['top5_accuracy'],
+      'eval_loss': test_metrics['loss'],
+      'validation_accuracy': validation_metrics['accuracy'] if validation_metrics else None,
+      'best_step': best[1] if best else None,
+      'best_validation_accuracy': best[0] if best else None,
+      'best_step_eval_accuracy': best_test['accuracy'] if best else None,
+      'num_train': info.num_train,
+      'num_validation': info.num_validation,
+      'num_eval': info.num_eval,
       'num_params': num_params,
       'wall_time_s': time.perf_counter() - started,
   }
-  logging.info('Done: step %s, %s accuracy %.2f%% (best %.2f%% at step %s), %s.',
-               f'{final_step:,}', config.data.eval_split, 100 * result['eval_accuracy'],
-               100 * result['best_eval_accuracy'], f'{result["best_step"]:,}',
+  split = config.data.eval_split
+  if best is None:
+    chosen = 'no validation split, so nothing was chosen'
+  elif best[1] == final_step:
+    chosen = (f'the best checkpoint on validation is the final one ({data.MINIVAL} '
+              f'{100 * best[0]:.2f}%)')
+  else:
+    chosen = (f'the best checkpoint on validation, step {best[1]:,} ({data.MINIVAL} '
+              f'{100 * best[0]:.2f}%), has {split} accuracy '
+              f'{100 * result["best_step_eval_accuracy"]:.2f}%')
+  logging.info('Done: step %s, %s accuracy %.2f%% (final checkpoint); %s; %s.',
+               f'{final_step:,}', split, 100 * result['eval_accuracy'], chosen,
                f'{result["wall_time_s"]:.0f}s')
   return result

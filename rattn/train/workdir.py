@@ -3,7 +3,8 @@
     workdir/
       config.json         the config of the (latest) run, written when training starts
       dataset_info.json   what the model was trained on: classes, image shape, mean/std,
-                          split sizes and the tfds dir the data came from
+                          split sizes (trained on, validation, test), the validation
+                          split's identity and the tfds dir the data came from
       checkpoints/        orbax checkpoints (rattn.train.checkpoint)
       metrics.jsonl       one JSON object per logged step (rattn.train.metric_writer)
       tensorboard/        TensorBoard events
@@ -91,14 +92,17 @@ def tensorboard_dir(workdir: str | os.PathLike) -> epath.Path:
 
 
 def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict, info: Any,
-                    data_dir: Optional[str], weights: Optional[Dict[str, str]] = None) -> None:
+                    data_dir: Optional[str], weights: Optional[Dict[str, str]] = None,
+                    validation: Optional[Dict[str, Any]] = None) -> None:
   """config.json and dataset_info.json, read back by ``read_run_files``.
 
   ``info`` is the ``rattn.data.DatasetInfo`` trained on and ``data_dir`` the tfds
   dir it was read from (config or $TFDS_DATA_DIR), recorded so that evaluating
   the run later finds the data without the environment it was trained in.
   ``weights`` (a converted checkpoint's source ``file`` and ``sha256``) is recorded
-  as the info's ``weights``.
+  as the info's ``weights``; ``validation`` (``DataPlan.validation_record()``: which
+  examples were held out of training) as its ``validation``, which a resumed run
+  must match (``check_same_split``) and evaluation of 'minival' reproduces.
   """
   workdir = resolve(workdir)
   config_path = workdir / CONFIG_FILE
@@ -115,12 +119,16 @@ def write_run_files(workdir: epath.Path, config: ml_collections.ConfigDict, info
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   info_dict = {'name': info.name, 'num_classes': int(info.num_classes),
                'image_shape': [int(d) for d in info.image_shape],
-               'num_train': int(info.num_train), 'num_eval': int(info.num_eval),
+               'num_train': int(info.num_train),
+               'num_validation': int(getattr(info, 'num_validation', 0)),
+               'num_eval': int(info.num_eval),
                'mean': [float(m) for m in np.ravel(info.mean)],
                'std': [float(s) for s in np.ravel(info.std)],
                'data_dir': data_dir}
   if weights:
     info_dict['weights'] = dict(weights)
+  if validation is not None:
+    info_dict['validation'] = dict(validation)
   (workdir / DATASET_INFO_FILE).write_text(json.dumps(info_dict, indent=2) + '\n')
 
 
@@ -192,3 +200,44 @@ def check_same_run(workdir: str | os.PathLike, config: ml_collections.ConfigDict
         f'{CONFIG_FILE} records); this config asks for {asked}, so its checkpoints cannot be '
         'resumed. Nothing was changed. Use a new --workdir for this run, or the same config '
         'as that run to resume it.')
+
+
+# What identifies a validation split (DataPlan.validation_record()): the examples held out.
+_SPLIT_IDENTITY = ('of', 'num_examples', 'indices_sha256')
+
+
+def check_same_split(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                     record: Dict[str, Any]) -> None:
+  """Refuses to resume ``workdir``'s checkpoints with another validation split than the one
+  its dataset_info.json records (``record`` is this config's); nothing is changed.
+
+  The checkpoints' input positions and their "best" ranking refer to the recorded
+  split: resuming with another would train on examples validated on before, or rank
+  checkpoints on different examples. A run recorded before validation splits held
+  out none.
+  """
+  workdir = resolve(workdir)
+  info_path, checkpoints = workdir / DATASET_INFO_FILE, checkpoint_dir(workdir)
+  if not (info_path.exists() and checkpoints.is_dir()
+          and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    return
+  saved = json.loads(info_path.read_text()).get('validation')
+  if saved is None:  # written before validation splits: trained on the whole train split
+    same = record['num_examples'] == 0
+    was = 'held out no validation examples (it predates validation splits)'
+  else:
+    same = all(saved.get(k) == record.get(k) for k in _SPLIT_IDENTITY)
+    was = (f'held out {saved.get("num_examples")} validation examples of '
+           f'{saved.get("of")!r} ({saved.get("selection")}, validation_seed '
+           f'{saved.get("seed")})')
+  if same:
+    return
+  setting = 'data.validation=0' if saved is None or not saved.get('num_examples') else (
+      f'the data.validation and data.validation_seed it was trained with (its {CONFIG_FILE})')
+  raise WorkdirError(
+      f'--workdir {workdir} holds a run that {was}, as its {DATASET_INFO_FILE} records; this '
+      f'config holds out {record["num_examples"]} of {record["of"]!r} '
+      f'(data.validation={config.data.get("validation")}, validation_seed='
+      f'{config.data.get("validation_seed")}), other examples, so its checkpoints cannot be '
+      f'resumed: their data positions and "best" ranking belong to that split. Nothing was '
+      f'changed. Resume it with {setting}, or use a new --workdir for this run.')
