@@ -7,6 +7,7 @@
     eval_ds = plan.eval_iterator(global_batch_size=500)
 """
 
+from rattn.data.config import check_data_config
 from rattn.data.config import data_config
 from rattn.data.datasets import DataConfigError
 from rattn.data.datasets import DatasetInfo
@@ -27,6 +28,7 @@ __all__ = [
     'DataPlan',
     'DatasetInfo',
     'DatasetNotFoundError',
+    'check_data_config',
     'data_config',
     'data_dir',
     'dataset_info',
