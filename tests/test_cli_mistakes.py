@@ -3,6 +3,7 @@ a scalar given for a tuple field, and a table of mistakes in every command. Each
 ends in one paragraph, never a traceback, and leaves what the workdir holds as it was."""
 
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -340,3 +341,25 @@ def test_a_saved_run_reads_its_data_where_training_did(saved_run, real_data_dir,
   monkeypatch.delenv('TFDS_DATA_DIR')  # visualize, run without it, still finds the images
   _, _, config = train.load_trained(str(saved_run))
   assert config.data.data_dir == os.path.abspath(real_data_dir)
+
+
+def test_evaluate_checks_its_own_batch_against_the_devices(saved_run, tmp_path):
+  # A run trained elsewhere with batches that do not split over this process's 8 devices.
+  workdir = tmp_path / 'run'
+  shutil.copytree(saved_run, workdir)
+  config_file = workdir / workdir_files.CONFIG_FILE
+  saved = json.loads(config_file.read_text())
+  saved.update(batch_size=12, eval_batch_size=60)
+  config_file.write_text(json.dumps(saved))
+  assert jax.device_count() == 8
+  # The training batch sizes are not asked about; the evaluation's own batch is.
+  metrics = train.evaluate_workdir(str(workdir), batch_size=16, split='test[:48]')
+  assert metrics['count'] == 48
+  with pytest.raises(train.ConfigError, match=r"^Without --batch_size, the training config's "
+                     r'eval_batch_size is used: --batch_size=60 does not divide evenly over the 8 '
+                     r'devices.*--batch_size=56 or 64'):
+    train.evaluate_workdir(str(workdir))
+  with pytest.raises(train.ConfigError, match=r'^--batch_size=20 does not divide evenly'):
+    train.evaluate_workdir(str(workdir), batch_size=20)
+  _, _, config = train.load_trained(str(workdir))  # visualisation's path: one device, any batch
+  assert config.batch_size == 12

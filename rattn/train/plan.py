@@ -298,18 +298,21 @@ class RunPlan:
 
 def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
               image_shape: Optional[Tuple[int, int, int]] = None,
-              num_classes: Optional[int] = None) -> RunPlan:
+              num_classes: Optional[int] = None, check_batches: bool = True) -> RunPlan:
   """Checks ``config`` once and derives the run's pieces; ``mesh`` defaults to all devices.
 
   The image shape and class count come from the config's data (a
   ``DataPlan``, which opens each split once), unless both are given: then no
   data is opened (a saved run's recorded shapes, a benchmark's synthetic input).
   Where the data gives the shape, a model far from its design input size is
-  refused (``check_input_size``).
+  refused (``check_input_size``). ``check_batches`` False leaves the config's batch
+  sizes unchecked against the mesh: a saved run evaluated with a batch of its own, on
+  another number of devices than it trained on.
   """
   check_config(config)
   mesh = mesh if mesh is not None else make_mesh()
-  check_batch_sizes(config, mesh.size)
+  if check_batches:
+    check_batch_sizes(config, mesh.size)
   data_plan = None
   if image_shape is None or num_classes is None:
     data_plan = data.DataPlan(config.data)

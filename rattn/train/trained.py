@@ -18,7 +18,7 @@ import ml_collections
 from rattn import data
 from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer, CheckpointError
-from rattn.train.plan import RunPlan, make_plan
+from rattn.train.plan import ConfigError, RunPlan, make_plan
 from rattn.train.state import TrainState, make_mesh
 from rattn.train.steps import evaluate
 
@@ -34,8 +34,10 @@ def _restore(workdir: pathlib.Path, step: Optional[int], mesh) -> Tuple[
                             'first eval.')
     if step is None:
       step = checkpoints.best_step()
+    # Its training batch sizes were checked against the devices it trained on; the batch
+    # that evaluates it here is the caller's to check.
     plan = make_plan(config, mesh, image_shape=tuple(info['image_shape']),
-                     num_classes=info['num_classes'])
+                     num_classes=info['num_classes'], check_batches=False)
     state = checkpoints.restore(step, plan.abstract_state())
   finally:
     checkpoints.close()
@@ -88,6 +90,14 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
     raise ValueError(f'batch_size must be positive, got {batch_size} (None: the training '
                      "config's eval_batch_size).")
   plan, state, info, step = _restore(pathlib.Path(workdir), step, make_mesh())
+  given, batch_size = batch_size, batch_size or int(plan.config.eval_batch_size)
+  try:  # this run's batch on these devices (not the training run's batch sizes)
+    data.split_batch(batch_size, plan.mesh.size, 'device', name='--batch_size',
+                     flag='--batch_size=')
+  except ValueError as e:
+    default = '' if given else ("Without --batch_size, the training config's "
+                                'eval_batch_size is used: ')
+    raise ConfigError(f'{default}{e}') from None
   data_cfg = plan.config.data
   if dataset:
     data_cfg.dataset = dataset
@@ -107,7 +117,6 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, dataset: Optio
         f'{target.spec.num_classes} classes and would give images of shape {shape}, so the '
         'model cannot be evaluated there. Evaluate it on a dataset with the same classes and '
         f'image shape (e.g. its own, {info["name"]}), or train a model on {data_cfg.dataset}.')
-  batch_size = batch_size or int(plan.config.eval_batch_size)
   eval_data = target.eval_iterator(split=split, global_batch_size=batch_size)
   metrics = evaluate(plan.eval_step(), state, eval_data, plan.mesh)
   return {**metrics, 'step': step, 'dataset': data_cfg.dataset, 'split': split}
