@@ -17,6 +17,7 @@ import types
 from unittest import mock
 
 import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -164,7 +165,8 @@ def test_closed_event_loop_errors_after_a_failed_restore_are_hidden_others_kept(
 
 # (id, command, arguments, a phrase of the one-paragraph answer). In the arguments,
 # {saved} is a workdir as training leaves it (tiny.py), {damaged} the same with a flipped
-# array file, {tmp} the row's own directory and {file} a regular file in it.
+# array file, {tmp} the row's own directory, {file} a regular file in it and {torch} the
+# directory of torch_files.
 TINY = ['--config', 'experiments/configs/tiny.py']
 MISTAKES = [
     ('config_missing', 'cifar', ['--config', 'nope.py', '--workdir', '{tmp}/run'],
@@ -256,6 +258,21 @@ MISTAKES = [
      'the converted weights are written there as a step-0 checkpoint'),
     ('convert_from_missing', 'convert', ['--model', 'resnet18', '--from', '{tmp}/rn18.pth',
                                          '--workdir', '{tmp}/run'], 'No checkpoint file at'),
+    ('convert_pickled_whole_model', 'convert', ['--model', 'resnet18', '--from',
+                                                '{torch}/whole.pth', '--workdir', '{tmp}/run'],
+     'holds a pickled whole model (or other Python objects), not only a state dict'),
+    ('convert_ema_absent', 'convert', ['--model', 'resnet18', '--from', '{torch}/plain.pth.tar',
+                                       '--ema', '--workdir', '{tmp}/run'],
+     "has no EMA weights: none of the entries state_dict_ema"),
+    ('convert_unknown_suffix', 'convert', ['--model', 'resnet18', '--from', '{torch}/weights.npz',
+                                           '--workdir', '{tmp}/run'],
+     'Unknown checkpoint format'),
+    ('convert_timm_other_attention', 'convert',
+     ['--model', 'cbam_resnet50', '--from', '{torch}/timm_eca.safetensors', '--workdir',
+      '{tmp}/run'], "timm ResNet with ECA block attention"),
+    ('convert_cifar_model_classes', 'convert',
+     ['--model', 'ran56_cifar', '--num_classes', '1000', '--from', '{torch}/plain.pth.tar',
+      '--workdir', '{tmp}/run'], '--num_classes=1000: ran56_cifar takes 32x32 images'),
     ('make_standin_data_dir', 'make_standin', ['--data_dir', '{file}/tfds'],
      'cannot be created (Not a directory)'),
 ]
@@ -295,6 +312,21 @@ def damaged_run(saved_run, tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope='module')
+def torch_files(tmp_path_factory):
+  """Checkpoint files the converter refuses: a pickled whole model, a training checkpoint
+  without EMA weights, a .npz, and a timm ECA ResNet's block-attention key."""
+  torch = pytest.importorskip('torch')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('torch_files')
+  torch.save(torch.nn.Linear(2, 2), root / 'whole.pth')
+  torch.save({'epoch': 1, 'state_dict': {'fc.weight': torch.zeros(2, 2)}}, root / 'plain.pth.tar')
+  (root / 'weights.npz').write_bytes(b'')
+  save_file({'layer1.0.se.conv.weight': np.zeros((1, 1, 5), np.float32)},
+            str(root / 'timm_eca.safetensors'))
+  return root
+
+
 def _fill(argument, places):
   for name, path in places.items():
     argument = argument.replace('{' + name + '}', str(path))
@@ -317,6 +349,8 @@ def test_a_mistake_ends_in_one_paragraph_and_changes_nothing(command, arguments,
   for name in ('saved', 'damaged'):
     if '{' + name + '}' in joined:
       places[name] = request.getfixturevalue(f'{name}_run')
+  if '{torch}' in joined:
+    places['torch'] = request.getfixturevalue('torch_files')
   workdirs = [places[n] for n in ('saved', 'damaged') if n in places]
   before = [_hashes(w) for w in workdirs]
   out = subprocess.run(
