@@ -5,7 +5,7 @@ instead of ``absl.app.run(main)``: a misspelt ``--config.x.y=...`` override
 becomes a one-line flag error that names the field and suggests the right one
 (instead of a traceback), and the errors a user can fix (a bad flag, config,
 checkpoint, data, divergence) end in one clear message and exit status 1. A run
-stopped by SIGTERM (its checkpoint saved) exits with 143. ``call(main, argv)``
+stopped by SIGTERM (its checkpoint saved) exits with 143, by Ctrl-C with 130. ``call(main, argv)``
 runs a command's main the same way inside this process (tests, notebooks).
 
 A command defines its own flags in its own registry, ``FLAGS = command_flags()``
@@ -93,6 +93,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the job did not
 # finish, and a scheduler that requeues preempted jobs recognises it.
 PREEMPTED_EXIT_STATUS = 143
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT: Ctrl-C (the step is checkpointed first)
 
 _QUOTED = re.compile(r"""["']([^"'\\]+)["']""")
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
@@ -323,7 +324,12 @@ def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
       return main(argv)
     except TrainingPreempted as e:
       sys.stderr.write(f'{e}\n')
-      sys.exit(PREEMPTED_EXIT_STATUS)
+      sys.exit(getattr(e, 'exit_status', PREEMPTED_EXIT_STATUS))
+    except KeyboardInterrupt:  # where no handler saves first (e.g. a multi-process run)
+      sys.stderr.write('Interrupted (Ctrl-C): stopped without saving anything more. A '
+                       'training run resumes from its latest checkpoint when the same command '
+                       'is rerun.\n')
+      sys.exit(INTERRUPTED_EXIT_STATUS)
     except _USER_ERRORS as e:
       name = 'flags' if isinstance(e, app.UsageError) else type(e).__name__
       hint = ' (Pass --helpshort to see the flags.)' if isinstance(e, app.UsageError) else ''
