@@ -2,19 +2,21 @@
 once), two runs on one workdir and a lock left by a killed run, a disk that fills during a
 save."""
 
-import errno
+import json
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from rattn import train
-from rattn.train import workdir as workdir_files
+from rattn.train import lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = [sys.executable, '-m', 'experiments.cifar', '--config', 'experiments/configs/tiny.py']
@@ -106,3 +108,107 @@ def test_a_second_ctrl_c_exits_at_once(real_data_dir, tmp_path):
   checkpoints = train.Checkpointer(tmp_path / 'checkpoints', read_only=True)
   assert checkpoints.all_steps() == []
   checkpoints.close()
+
+
+# ---------------------------------------------------------------- the workdir lock
+
+
+def _owner(path):
+  return json.loads((path / lock.LOCK_FILE).read_text())
+
+
+def test_a_live_lock_is_refused_naming_its_owner(tmp_path):
+  other = lock.WorkdirLock(tmp_path, host='gpu-node-7', pid=4242, settle_s=0)
+  other.acquire()
+  try:
+    with pytest.raises(train.WorkdirError) as raised:
+      lock.WorkdirLock(tmp_path, settle_s=0).acquire()
+    message = str(raised.value)
+    assert message.startswith(f'--workdir {tmp_path} is in use by another run: process 4242 on '
+                              f'host gpu-node-7, started {other.started} (its lock ')
+    assert 'kill 4242 on gpu-node-7' in message and '\n' not in message
+  finally:
+    other.release()
+  assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+def test_a_lock_whose_owner_is_gone_is_taken_over(tmp_path):
+  # Another host whose heartbeat stopped (its machine died) ...
+  gone = lock.WorkdirLock(tmp_path, host='gpu-node-7', pid=4242, settle_s=0, stale_after_s=60)
+  gone._write()  # pylint: disable=protected-access
+  record = _owner(tmp_path)
+  record['heartbeat'] -= 61
+  (tmp_path / lock.LOCK_FILE).write_text(json.dumps(record))
+  mine = lock.WorkdirLock(tmp_path, settle_s=0, stale_after_s=60)
+  mine.acquire()
+  assert _owner(tmp_path)['token'] == mine.token
+  mine.release()
+  # ... and this host's process that no longer exists, however fresh its heartbeat.
+  finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                            capture_output=True, text=True, check=True)
+  dead = lock.WorkdirLock(tmp_path, pid=int(finished.stdout), settle_s=0)
+  dead._write()  # pylint: disable=protected-access
+  mine = lock.WorkdirLock(tmp_path, settle_s=0)
+  mine.acquire()
+  mine.release()
+
+
+def test_of_two_runs_starting_together_one_gets_the_lock(tmp_path):
+  # No O_EXCL on object stores: write, settle, read back; the last writer keeps it.
+  locks = [lock.WorkdirLock(tmp_path, host=f'node{i}', pid=1000 + i, settle_s=0.5)
+           for i in range(2)]
+  outcome = {}
+
+  def take(i):
+    try:
+      locks[i].acquire()
+      outcome[i] = 'held'
+    except train.WorkdirError as e:
+      outcome[i] = str(e)
+
+  threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert sorted(v == 'held' for v in outcome.values()) == [False, True], outcome
+  for held in locks:
+    held.release()
+
+
+def test_the_heartbeat_refreshes_the_lock(tmp_path):
+  held = lock.WorkdirLock(tmp_path, settle_s=0, heartbeat_s=0.05)
+  held.acquire()
+  try:
+    first = _owner(tmp_path)['heartbeat']
+    time.sleep(0.5)
+    assert _owner(tmp_path)['heartbeat'] > first
+  finally:
+    held.release()
+
+
+@pytest.mark.slow  # three training processes: about 5 minutes on 2 loaded cores
+def test_two_runs_on_one_workdir_and_a_killed_one(real_data_dir, tmp_path):
+  first = _start(tmp_path, real_data_dir, *LONG)
+  try:
+    _read_until(first, r'step +2/100,000')
+    second = subprocess.run(CIFAR + ['--workdir', str(tmp_path), *LONG], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO),
+                                     TFDS_DATA_DIR=real_data_dir))
+    assert second.returncode == 1, second.stderr[-3000:]
+    said = _said(second.stderr)
+    assert len(said) == 1 and said[0].startswith(
+        f'ERROR (WorkdirError): --workdir {tmp_path} is in use by another run: process '
+        f'{first.pid} on host {socket.gethostname()}, started '), second.stderr[-3000:]
+    assert first.poll() is None  # the first run goes on
+  finally:
+    first.kill()  # SIGKILL: its lock stays behind
+    first.communicate()
+  assert _owner(tmp_path)['pid'] == first.pid
+  third = subprocess.run(CIFAR + ['--workdir', str(tmp_path)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), TFDS_DATA_DIR=real_data_dir))
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert f'Taking over the lock {tmp_path / lock.LOCK_FILE} of process {first.pid}' in third.stderr
+  assert not (tmp_path / lock.LOCK_FILE).exists()  # released at the end

@@ -37,6 +37,7 @@ from absl import logging
 
 from rattn import data
 from rattn.models.summary import count_params
+from rattn.train import lock as workdir_lock
 from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer
 from rattn.train.init_from import initial_state
@@ -163,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Raises:
     ConfigError: the config cannot run (the message says which field to change).
     DataConfigError: the data config cannot be read (e.g. a split the dataset lacks).
-    WorkdirError: the workdir cannot be written, or holds checkpoints of another run.
+    WorkdirError: the workdir cannot be written, holds checkpoints of another run, or is
+      in use by another live run (rattn.train.lock).
     CheckpointError: the workdir's latest checkpoint cannot be restored.
     TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
     TrainingPreempted: SIGTERM or Ctrl-C arrived; the current step was checkpointed (or,
@@ -199,6 +201,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.batch_size // mesh.size)
 
   with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
+    # One live run per workdir (released last, after the final save has landed).
+    cleanup.enter_context(workdir_lock.hold(workdir, enabled=is_primary))
     # ---------------------------------------------------------------- input
     train_iter = plan.data.train_iterator(global_batch_size=config.batch_size,
                                           seed=plan.keys.data)
