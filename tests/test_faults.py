@@ -2,7 +2,9 @@
 once), two runs on one workdir and a lock left by a killed run, a disk that fills during a
 save."""
 
+import errno
 import json
+import logging
 import os
 import pathlib
 import re
@@ -13,10 +15,17 @@ import sys
 import threading
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rattn import train
-from rattn.train import lock
+from rattn.train import cli, lock, trainer
+from rattn.train.checkpoint import CheckpointWriteError
+from train_worker import register, tiny_config
+
+register()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = [sys.executable, '-m', 'experiments.cifar', '--config', 'experiments/configs/tiny.py']
@@ -212,3 +221,133 @@ def test_two_runs_on_one_workdir_and_a_killed_one(real_data_dir, tmp_path):
   assert third.returncode == 0, third.stderr[-3000:]
   assert f'Taking over the lock {tmp_path / lock.LOCK_FILE} of process {first.pid}' in third.stderr
   assert not (tmp_path / lock.LOCK_FILE).exists()  # released at the end
+
+
+# ---------------------------------------------------------------- a failed write during a save
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 6 MiB tmpfs (root and a kernel that lets it mount; skipped elsewhere: the simulated
+  failure below runs everywhere)."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  yield disk
+  subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def _fill(disk):
+  """Writes a filler file until the disk is full; returns it."""
+  filler = disk / 'filler'
+  with open(filler, 'wb', buffering=0) as f:
+    try:
+      while True:
+        f.write(b'\0' * 4096)
+    except OSError as e:
+      assert e.errno == errno.ENOSPC
+  return filler
+
+
+def _state(value):
+  return {'w': jnp.full((64, 64), value, jnp.float32), 'b': jnp.zeros(8, jnp.float32)}
+
+
+def test_a_full_disk_during_a_save_keeps_what_was_saved_and_says_so(small_disk):
+  checkpoints = train.Checkpointer(small_disk / 'checkpoints')
+  checkpoints.save(2, _state(2.0))
+  checkpoints.wait_until_finished()
+  filler = _fill(small_disk)
+  checkpoints.save(4, _state(4.0))  # written in the background; the failure shows at the wait
+  with pytest.raises(CheckpointWriteError) as raised:
+    checkpoints.wait_until_finished()
+  message = str(raised.value)
+  assert message.startswith(f'Saving the checkpoint of step 4 in {small_disk}/checkpoints '
+                            'failed: No space left on device (errno 28)')
+  assert ('Step 4 is not a checkpoint (a half-written step never counts; its partial files '
+          'were removed). The checkpoints saved before it are intact and untouched: steps 2; '
+          'rerunning resumes from step 2. Free space on that disk') in message
+  assert sorted(p.name for p in (small_disk / 'checkpoints').iterdir()) == ['2']
+  with pytest.raises(CheckpointWriteError):  # and again at close: what a run ends with
+    checkpoints.close()
+  filler.unlink()
+  again = train.Checkpointer(small_disk / 'checkpoints')
+  assert again.all_steps() == [2]
+  restored = again.restore(2, jax.eval_shape(lambda: _state(0.0)))
+  np.testing.assert_array_equal(restored['w'], np.full((64, 64), 2.0))
+  again.save(4, _state(4.0))  # room again: the step saves
+  again.close()
+
+
+def test_a_failed_write_is_reported_wherever_orbax_raises_it(tmp_path, monkeypatch):
+  # Simulated (no mount needed): orbax raising ENOSPC from its save call.
+  checkpoints = train.Checkpointer(tmp_path / 'checkpoints')
+  checkpoints.save(2, _state(2.0))
+  checkpoints.wait_until_finished()
+  partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234'
+  partial.mkdir()
+
+  def full(*args, **kwargs):
+    raise ValueError('Error writing local file "/x/d/abc": [OSError: No space left on device]')
+
+  monkeypatch.setattr(checkpoints._manager, 'save', full)  # pylint: disable=protected-access
+  with pytest.raises(CheckpointWriteError, match=r'step 4 .* failed: No space left on device '
+                     r'\(errno 28\).*intact and untouched: steps 2'):
+    checkpoints.save(4, _state(4.0))
+  assert not partial.exists() and checkpoints.all_steps() == [2]
+  monkeypatch.undo()
+  with pytest.raises(CheckpointWriteError):
+    checkpoints.close()
+  # Another error is not a write failure and stays what it is.
+  other = train.Checkpointer(tmp_path / 'other')
+  monkeypatch.setattr(other._manager, 'save', lambda *a, **k: 1 / 0)  # pylint: disable=protected-access
+  with pytest.raises(ZeroDivisionError):
+    other.save(1, _state(1.0))
+  monkeypatch.undo()
+  other.close()
+
+
+def test_orbax_error_logs_of_a_reported_write_failure_are_hidden():
+  hide = cli._HideReportedWriteErrors()  # pylint: disable=protected-access
+  orbax_file = '/site-packages/orbax/checkpoint/_src/futures/future.py'
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  record = logging.LogRecord('absl', logging.ERROR, orbax_file, 1, 'Failed to write %s',
+                             ('x',), (OSError, full, None))
+  assert not hide.filter(record)
+  other = logging.LogRecord('absl', logging.ERROR, orbax_file, 1, 'Something else', (), None)
+  assert hide.filter(other)
+  ours = logging.LogRecord('absl', logging.ERROR, '/rattn/train/trainer.py', 1, 'x', (),
+                           (OSError, full, None))
+  assert hide.filter(ours)
+
+
+def test_training_on_a_disk_that_fills_stops_in_one_paragraph_and_resumes(
+    small_disk, monkeypatch, real_data_dir):  # pylint: disable=unused-argument
+  config = tiny_config(num_train_steps=6, checkpoint_every=2, eval_every=100, log_every=2)
+  workdir = small_disk / 'run'
+  calls = {'n': 0}
+  real = trainer.shard_batch
+  fillers = []
+
+  def fill_after_the_first_save(batch, mesh):
+    calls['n'] += 1
+    if calls['n'] == 4:  # step 4 is being prepared: once step 2's save has landed, fill up
+      waited = time.monotonic()
+      while not (workdir / 'checkpoints' / '2' / 'state').is_dir():
+        assert time.monotonic() - waited < 120, 'step 2 was never saved'
+        time.sleep(0.1)
+      time.sleep(1)
+      fillers.append(_fill(small_disk))
+    return real(batch, mesh)
+
+  monkeypatch.setattr(trainer, 'shard_batch', fill_after_the_first_save)
+  with pytest.raises(CheckpointWriteError, match=r'intact and untouched: steps 2; rerunning '
+                     r'resumes from step 2'):
+    train.train_and_evaluate(config, workdir)
+  fillers[0].unlink()
+  monkeypatch.setattr(trainer, 'shard_batch', real)
+  result = train.train_and_evaluate(config, workdir)
+  assert result['step'] == 6

@@ -42,6 +42,7 @@ from rattn.convert import ConversionError
 from rattn.data import DataConfigError, DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.checkpoint import CheckpointError
+from rattn.train.checkpoint import write_failure
 from rattn.train.plan import ConfigError
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
 from rattn.train.workdir import WorkdirError
@@ -297,6 +298,17 @@ class _HideHarmlessWarnings(logging.Filter):
                 and any(str(record.msg).startswith(m) for m in self._MESSAGES))
 
 
+class _HideReportedWriteErrors(logging.Filter):
+  """Drops orbax's error logs (each with a traceback, several per save) of a failed write:
+  the Checkpointer reports it in one paragraph (CheckpointWriteError)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ('/orbax/' in record.pathname and record.levelno >= logging.ERROR and (
+        (error is not None and write_failure(error)) or write_failure(
+            Exception(record.getMessage()))))
+
+
 def _hide_closed_loop_errors(default_hook: Callable[[Any], None]) -> Callable[[Any], None]:
   """sys.unraisablehook without the 'Event loop is closed' errors that tensorstore's late
   callbacks raise after orbax has given up reading a damaged checkpoint (one per array)."""
@@ -380,6 +392,7 @@ def run(main: Callable[[List[str]], Any]) -> None:
   """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
   absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
+  absl_logging.get_absl_handler().addFilter(_HideReportedWriteErrors())
   sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
   with _command_flags_joined(main):
     app.run(_guarded(main), flags_parser=parse_flags)
