@@ -216,7 +216,8 @@ def test_timm_names_of_cbam_and_eca_blocks():
                                 conv[:, ::-1])
   timm_eca = {'layer2.3.se.conv.weight': np.ones((1, 1, 5), np.float32)}
   assert convert.timm_block_attention(timm_eca) == 'eca'
-  assert list(convert._from_timm(timm_eca, 'eca')) == ['layer2.3.eca.conv.weight']  # pylint: disable=protected-access
+  released = convert._from_timm(timm_eca, 'eca')  # pylint: disable=protected-access
+  assert list(released) == ['layer2.3.eca.conv.weight']
   assert convert.timm_block_attention({'layer1.0.se.fc1.weight': 0}) == 'se'
   assert convert.timm_block_attention({'layer1.0.conv1.weight': 0}) is None
 

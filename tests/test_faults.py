@@ -303,7 +303,8 @@ def test_a_failed_write_is_reported_wherever_orbax_raises_it(tmp_path, monkeypat
     checkpoints.close()
   # Another error is not a write failure and stays what it is.
   other = train.Checkpointer(tmp_path / 'other')
-  monkeypatch.setattr(other._manager, 'save', lambda *a, **k: 1 / 0)  # pylint: disable=protected-access
+  manager = other._manager  # pylint: disable=protected-access
+  monkeypatch.setattr(manager, 'save', lambda *a, **k: 1 / 0)
   with pytest.raises(ZeroDivisionError):
     other.save(1, _state(1.0))
   monkeypatch.undo()

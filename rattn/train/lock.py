@@ -11,10 +11,11 @@ the owner's own host when its pid no longer exists (a run killed with
 machine that died); such a lock is taken over with a warning.
 
 Object stores (gs://) offer neither ``O_EXCL`` nor an atomic rename, so taking
-the lock is write, wait ``SETTLE_S``, read back: of two runs that start
-together the last writer keeps the lock and the other, reading a token not its
-own, is refused (``SETTLE_S``: longer for object stores than local disks). The file is read and written with ``etils.epath``. Only
-process 0 of a multi-process run takes it (the trainer passes ``enabled``).
+the lock is write, wait ``SETTLE_S`` (longer for object stores than for local
+disks), read back: of two runs that start together the last writer keeps the
+lock and the other, reading a token not its own, is refused. The file is read
+and written with ``etils.epath``. Only process 0 of a multi-process run takes
+it (the trainer passes ``enabled``).
 """
 
 from __future__ import annotations
