@@ -3,6 +3,7 @@ a scalar given for a tuple field, and a table of mistakes in every command. Each
 ends in one paragraph, never a traceback, and leaves what the workdir holds as it was."""
 
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -16,6 +17,7 @@ import types
 from unittest import mock
 
 import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -163,7 +165,8 @@ def test_closed_event_loop_errors_after_a_failed_restore_are_hidden_others_kept(
 
 # (id, command, arguments, a phrase of the one-paragraph answer). In the arguments,
 # {saved} is a workdir as training leaves it (tiny.py), {damaged} the same with a flipped
-# array file, {tmp} the row's own directory and {file} a regular file in it.
+# array file, {tmp} the row's own directory, {file} a regular file in it and {torch} the
+# directory of torch_files.
 TINY = ['--config', 'experiments/configs/tiny.py']
 MISTAKES = [
     ('config_missing', 'cifar', ['--config', 'nope.py', '--workdir', '{tmp}/run'],
@@ -178,7 +181,19 @@ MISTAKES = [
      ['--config', 'experiments/configs/ran_cifar.py:model=preact_resnet164,attention=spatial',
       '--workdir', '{tmp}/run'], 'apply to the Residual Attention Networks'),
     ('misspelt_field', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.batchsize=3'],
-     'Did you mean --config.batch_size?'),
+     'Did you mean --config.batch_size=3?'),
+    ('field_in_another_section', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', '--config.optimizer.learning_rate=0.05'],
+     "no field 'learning_rate'. Did you mean --config.schedule.base_lr=0.05?"),
+    ('width_out_of_range', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', "--config.model_kwargs.widths=(4, 0, 16)"],
+     'config.model_kwargs.widths=(4, 0, 16) is not valid: it is the widths of the stages'),
+    ('boundaries_out_of_order', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', "--config.schedule.boundaries=(6, 3)"],
+     'config.schedule.boundaries=(6, 3) is not valid'),
+    ('momentum_out_of_range', 'cifar',
+     TINY + ['--workdir', '{tmp}/run', '--config.optimizer.momentum=1.5'],
+     'config.optimizer.momentum=1.5 is not valid: it is the SGD momentum'),
     ('undeclared_model_kwarg', 'cifar',
      TINY + ['--workdir', '{tmp}/run', '--config.model_kwargs.attention=sex'],
      "no field 'attention'. Check the spelling"),
@@ -191,11 +206,11 @@ MISTAKES = [
                                          '--config.data.dataset=imagenet3'],
      "Unknown dataset 'imagenet3' (data.dataset). Valid datasets are"),
     ('image_size', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.image_size=0'],
-     'data.image_size must be positive, got 0'),
+     'config.data.image_size=0 is not valid: it is the side of the square model input'),
     ('augment', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.augment=flip'],
      "Unknown augment 'flip' (data.augment); use 'auto'"),
     ('label_noise', 'cifar', TINY + ['--workdir', '{tmp}/run', '--config.data.label_noise=1.5'],
-     'data.label_noise=1.5 is not a rate'),
+     'config.data.label_noise=1.5 is not valid: it is the rate of symmetric noise'),
     ('eval_split', 'cifar', TINY + ['--workdir', '{tmp}/run',
                                     '--config.data.eval_split=validation'],
      "data.eval_split='validation': cifar10 cannot read the split 'validation'"),
@@ -254,6 +269,21 @@ MISTAKES = [
      'the converted weights are written there as a step-0 checkpoint'),
     ('convert_from_missing', 'convert', ['--model', 'resnet18', '--from', '{tmp}/rn18.pth',
                                          '--workdir', '{tmp}/run'], 'No checkpoint file at'),
+    ('convert_pickled_whole_model', 'convert', ['--model', 'resnet18', '--from',
+                                                '{torch}/whole.pth', '--workdir', '{tmp}/run'],
+     'holds a pickled whole model (or other Python objects), not only a state dict'),
+    ('convert_ema_absent', 'convert', ['--model', 'resnet18', '--from', '{torch}/plain.pth.tar',
+                                       '--ema', '--workdir', '{tmp}/run'],
+     "has no EMA weights: none of the entries state_dict_ema"),
+    ('convert_unknown_suffix', 'convert', ['--model', 'resnet18', '--from', '{torch}/weights.npz',
+                                           '--workdir', '{tmp}/run'],
+     'Unknown checkpoint format'),
+    ('convert_timm_other_attention', 'convert',
+     ['--model', 'cbam_resnet50', '--from', '{torch}/timm_eca.safetensors', '--workdir',
+      '{tmp}/run'], "timm ResNet with ECA block attention"),
+    ('convert_cifar_model_classes', 'convert',
+     ['--model', 'ran56_cifar', '--num_classes', '1000', '--from', '{torch}/plain.pth.tar',
+      '--workdir', '{tmp}/run'], '--num_classes=1000: ran56_cifar takes 32x32 images'),
     ('make_standin_data_dir', 'make_standin', ['--data_dir', '{file}/tfds'],
      'cannot be created (Not a directory)'),
 ]
@@ -293,6 +323,21 @@ def damaged_run(saved_run, tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope='module')
+def torch_files(tmp_path_factory):
+  """Checkpoint files the converter refuses: a pickled whole model, a training checkpoint
+  without EMA weights, a .npz, and a timm ECA ResNet's block-attention key."""
+  torch = pytest.importorskip('torch')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('torch_files')
+  torch.save(torch.nn.Linear(2, 2), root / 'whole.pth')
+  torch.save({'epoch': 1, 'state_dict': {'fc.weight': torch.zeros(2, 2)}}, root / 'plain.pth.tar')
+  (root / 'weights.npz').write_bytes(b'')
+  save_file({'layer1.0.se.conv.weight': np.zeros((1, 1, 5), np.float32)},
+            str(root / 'timm_eca.safetensors'))
+  return root
+
+
 def _fill(argument, places):
   for name, path in places.items():
     argument = argument.replace('{' + name + '}', str(path))
@@ -315,6 +360,8 @@ def test_a_mistake_ends_in_one_paragraph_and_changes_nothing(command, arguments,
   for name in ('saved', 'damaged'):
     if '{' + name + '}' in joined:
       places[name] = request.getfixturevalue(f'{name}_run')
+  if '{torch}' in joined:
+    places['torch'] = request.getfixturevalue('torch_files')
   workdirs = [places[n] for n in ('saved', 'damaged') if n in places]
   before = [_hashes(w) for w in workdirs]
   out = subprocess.run(
@@ -339,3 +386,25 @@ def test_a_saved_run_reads_its_data_where_training_did(saved_run, real_data_dir,
   monkeypatch.delenv('TFDS_DATA_DIR')  # visualize, run without it, still finds the images
   _, _, config = train.load_trained(str(saved_run))
   assert config.data.data_dir == os.path.abspath(real_data_dir)
+
+
+def test_evaluate_checks_its_own_batch_against_the_devices(saved_run, tmp_path):
+  # A run trained elsewhere with batches that do not split over this process's 8 devices.
+  workdir = tmp_path / 'run'
+  shutil.copytree(saved_run, workdir)
+  config_file = workdir / workdir_files.CONFIG_FILE
+  saved = json.loads(config_file.read_text())
+  saved.update(batch_size=12, eval_batch_size=60)
+  config_file.write_text(json.dumps(saved))
+  assert jax.device_count() == 8
+  # The training batch sizes are not asked about; the evaluation's own batch is.
+  metrics = train.evaluate_workdir(str(workdir), batch_size=16, split='test[:48]')
+  assert metrics['count'] == 48
+  with pytest.raises(train.ConfigError, match=r"^Without --batch_size, the training config's "
+                     r'eval_batch_size is used: --batch_size=60 does not divide evenly over the 8 '
+                     r'devices.*--batch_size=56 or 64'):
+    train.evaluate_workdir(str(workdir))
+  with pytest.raises(train.ConfigError, match=r'^--batch_size=20 does not divide evenly'):
+    train.evaluate_workdir(str(workdir), batch_size=20)
+  _, _, config = train.load_trained(str(workdir))  # visualisation's path: one device, any batch
+  assert config.batch_size == 12

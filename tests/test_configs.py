@@ -88,7 +88,7 @@ def test_misspelt_override_names_the_right_field(tmp_path):
                  '--config.optimizer.momentun=0.5')
   assert out.returncode != 0
   assert ('--config.optimizer.momentun: the config has no field \'momentun\'. '
-          'Did you mean --config.optimizer.momentum?') in out.stderr
+          'Did you mean --config.optimizer.momentum=0.5?') in out.stderr
   assert 'Traceback' not in out.stderr
 
 

@@ -132,3 +132,101 @@ def test_two_tensors_for_one_variable_is_an_error():
   with pytest.raises(convert.ConversionError, match='scale .*already filled'):
     convert.convert_attention_state_dict(
         'danet_channel', state, _template(create_attention('danet_channel'), (1, 2, 2, 8)))
+
+
+# --- training checkpoints, suffixes, pickled models, timm's names -------------------
+
+
+def _timm_training_checkpoint(torch, module):
+  """What timm's CheckpointSaver writes: the weights beside args, metric and EMA weights."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  ema = {k: v + 1 for k, v in module.state_dict().items()}
+  return {'epoch': 3, 'arch': 'seresnet50', 'state_dict': module.state_dict(),
+          'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1}]},
+          'args': argparse.Namespace(lr=0.1, model='seresnet50'), 'version': 2,
+          'metric': np.float64(76.1), 'state_dict_ema': ema}
+
+
+@pytest.mark.parametrize('suffix', ['.pth.tar', '.bin', '.pt'])
+def test_a_training_checkpoint_unwraps_plain_or_ema_weights(tmp_path, suffix):
+  torch, module, state = _torch_module_state()
+  path = tmp_path / f'checkpoint{suffix}'
+  torch.save(_timm_training_checkpoint(torch, module), path)
+  notes = []
+  read = convert.read_state_dict(path, notes=notes)
+  assert read.keys() == state.keys()
+  np.testing.assert_array_equal(read['fc1.weight'], state['fc1.weight'])
+  assert notes == ["its 'state_dict' entry (it also holds EMA weights, 'state_dict_ema': "
+                   'pass --ema to convert those)']
+  ema = convert.read_state_dict(path, ema=True)
+  np.testing.assert_array_equal(ema['fc1.weight'], state['fc1.weight'] + 1)
+
+
+def test_model_and_module_prefixed_entries(tmp_path):
+  torch, module, state = _torch_module_state()
+  torch.save({'model': {f'module.{k}': v for k, v in module.state_dict().items()},
+              'model_ema': module.state_dict()}, tmp_path / 'ddp.pth')
+  assert convert.read_state_dict(tmp_path / 'ddp.pth').keys() == state.keys()
+  assert convert.read_state_dict(tmp_path / 'ddp.pth', ema=True).keys() == state.keys()
+
+
+def test_ema_asked_where_there_is_none(tmp_path):
+  torch, module, _ = _torch_module_state()
+  torch.save({'state_dict': module.state_dict()}, tmp_path / 'plain.pth')
+  with pytest.raises(convert.ConversionError, match=r"has no EMA weights: none of the entries "
+                     r'state_dict_ema, model_ema.*top-level keys: state_dict\)'):
+    convert.read_state_dict(tmp_path / 'plain.pth', ema=True)
+
+
+def test_a_pickled_whole_model_is_not_unpickled(tmp_path):
+  torch, module, _ = _torch_module_state()
+  torch.save(module, tmp_path / 'whole.pth')
+  with pytest.raises(convert.ConversionError) as raised:
+    convert.read_state_dict(tmp_path / 'whole.pth')
+  message = str(raised.value)
+  assert 'holds a pickled whole model' in message and 'SEModule' in message
+  assert 'it is not loaded' in message and 'm.state_dict()' in message and '\n' not in message
+
+
+def test_a_file_torch_cannot_read(tmp_path):
+  pytest.importorskip('torch')
+  (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+  with pytest.raises(convert.ConversionError, match='cannot be read as a PyTorch checkpoint'):
+    convert.read_state_dict(tmp_path / 'junk.pt')
+
+
+def test_timm_names_of_cbam_and_eca_blocks():
+  rng = np.random.RandomState(0)
+  conv = rng.normal(size=(1, 2, 7, 7)).astype(np.float32)
+  timm_cbam = {'layer1.0.se.channel.fc1.weight': np.ones((16, 256, 1, 1), np.float32),
+               'layer1.0.se.channel.fc2.weight': np.ones((256, 16, 1, 1), np.float32),
+               'layer1.0.se.spatial.conv.conv.weight': conv,
+               'layer1.0.se.spatial.conv.bn.running_var': np.ones(1, np.float32),
+               'layer1.0.conv1.weight': np.ones((64, 64, 1, 1), np.float32)}
+  assert convert.timm_block_attention(timm_cbam) == 'cbam'
+  released = convert._from_timm(timm_cbam, 'cbam')  # pylint: disable=protected-access
+  assert sorted(released) == [
+      'layer1.0.cbam.ChannelGate.mlp.1.bias', 'layer1.0.cbam.ChannelGate.mlp.1.weight',
+      'layer1.0.cbam.ChannelGate.mlp.3.bias', 'layer1.0.cbam.ChannelGate.mlp.3.weight',
+      'layer1.0.cbam.SpatialGate.spatial.bn.running_var',
+      'layer1.0.cbam.SpatialGate.spatial.conv.weight', 'layer1.0.conv1.weight']
+  assert not released['layer1.0.cbam.ChannelGate.mlp.1.bias'].any()
+  # timm pools [mean, max], the release [max, mean].
+  np.testing.assert_array_equal(released['layer1.0.cbam.SpatialGate.spatial.conv.weight'],
+                                conv[:, ::-1])
+  timm_eca = {'layer2.3.se.conv.weight': np.ones((1, 1, 5), np.float32)}
+  assert convert.timm_block_attention(timm_eca) == 'eca'
+  released = convert._from_timm(timm_eca, 'eca')  # pylint: disable=protected-access
+  assert list(released) == ['layer2.3.eca.conv.weight']
+  assert convert.timm_block_attention({'layer1.0.se.fc1.weight': 0}) == 'se'
+  assert convert.timm_block_attention({'layer1.0.conv1.weight': 0}) is None
+
+
+def test_a_timm_checkpoint_of_another_attention_names_the_model():
+  model = create_model('cbam_resnet50', num_classes=10)
+  template = _template(model, (1, 32, 32, 3))
+  with pytest.raises(convert.ConversionError, match=r"timm ResNet with ECA block attention "
+                     r"\(keys such as 'layer1.0.se.conv.weight'.*cbam_resnet50 has CBAM "
+                     r'attention. Convert it with --model eca_resnet50'):
+    convert.convert_state_dict('cbam_resnet50', {'layer1.0.se.conv.weight': np.zeros((1, 1, 5))},
+                               template)

@@ -149,3 +149,30 @@ def test_another_shape_is_a_config_error_naming_it(converted):
   with pytest.raises(ConfigError, match=r'100 variables differ, first: params/stage1_block1/bn1/'
                      r'bias: source \(64,\), this run \(32,\)'):
     initial_state(_plan(10, converted['safetensors'], width=32))
+
+
+@pytest.mark.parametrize('model, num_classes, dataset, size', [
+    ('resnet18', None, 'imagenet2012', 224), ('se_resnet50', 1000, 'imagenet2012', 224),
+    ('ran56', None, 'imagenet2012', 224), ('ran56_cifar', None, 'cifar10', 32),
+    ('ran92_cifar', 100, 'cifar100', 32), ('ran452_cifar', 10, 'cifar10', 32)])
+def test_converted_run_files_describe_the_data_such_weights_take(model, num_classes, dataset,
+                                                                 size):
+  from experiments import convert as convert_command  # pylint: disable=g-import-not-at-top
+  from rattn import data  # pylint: disable=g-import-not-at-top
+  from rattn.data import datasets  # pylint: disable=g-import-not-at-top
+  config, info = convert_command.run_config(model, num_classes)
+  assert (config.model, config.data.dataset, info.name) == (model, dataset, dataset)
+  assert info.image_shape == (size, size, 3) and info.num_classes == (num_classes or
+                                                                      (10 if size == 32 else 1000))
+  assert info.mean == datasets.SPECS[dataset].mean and info.std == datasets.SPECS[dataset].std
+  # What evaluate checks a workdir's data against: the config's data gives the same shapes.
+  plan = data.DataPlan(config.data)
+  assert (plan.spec.num_classes, plan.image_size) == (info.num_classes, size)
+
+
+def test_converting_a_cifar_model_with_imagenet_classes_is_refused():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from experiments import convert as convert_command  # pylint: disable=g-import-not-at-top
+  with pytest.raises(app.UsageError, match=r'--num_classes=1000: ran56_cifar takes 32x32 '
+                     r'images, and the datasets of that size have 10 or 100 classes'):
+    convert_command.run_config('ran56_cifar', 1000)

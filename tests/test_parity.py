@@ -234,6 +234,33 @@ def test_resnet_matches_reference(name):
                lambda sd, tpl: convert.convert_state_dict(name, sd, tpl), x)
 
 
+# timm builds an ECA or CBAM ResNet-50 as resnet50(block_args=dict(attn_layer=...)) and keeps
+# the module as `se`; its CBAM differs from the release (no MLP biases, [mean, max] pooling).
+TIMM_RESNETS = {
+    'cbam_resnet50': ('timm_cbam', lambda s, c: ref_attention.TimmCbam(c)),
+    'eca_resnet50': ('timm_eca', lambda s, c: ref_attention.TimmEca(c)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(TIMM_RESNETS))
+def test_timm_attention_resnet_matches_reference(name):
+  attention, factory = TIMM_RESNETS[name]
+  torch.manual_seed(0)
+  reference = ref_resnet.ResNet(ref_resnet.Bottleneck, (3, 4, 6, 3), num_classes=10,
+                                attention_name=attention, attention=factory)
+  _randomize(reference, seed=1)
+  assert any('.se.' in k for k in reference.state_dict())
+  x = np.random.RandomState(2).normal(size=(2, 3, 64, 64)).astype(np.float32)
+  # In float64: in float32, the CBAM net's eval input gradient differed from the float64
+  # reference by up to 2.0e-6 (tolerance 6.3e-8; its eval output agreed), which float64
+  # removes: rounding, not the mapping.
+  with jax.enable_x64(True):
+    check_parity(reference, create_model(name, num_classes=10, dtype=jnp.float64,
+                                         param_dtype=jnp.float64),
+                 lambda sd, tpl: convert.convert_state_dict(name, sd, tpl), x)
+
+
 # --- Residual Attention Network --------------------------------------------------
 
 RAN_CASES = {

@@ -8,6 +8,7 @@
     val_ds = plan.eval_iterator(global_batch_size=500, split=MINIVAL)  # held out of train
 """
 
+from rattn.data.config import check_data_config
 from rattn.data.config import data_config
 from rattn.data.datasets import DataConfigError
 from rattn.data.datasets import DatasetInfo
@@ -30,6 +31,7 @@ __all__ = [
     'DataPlan',
     'DatasetInfo',
     'DatasetNotFoundError',
+    'check_data_config',
     'data_config',
     'data_dir',
     'dataset_info',

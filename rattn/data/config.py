@@ -2,12 +2,17 @@
 
 Configs are locked, so every field the input pipeline reads is declared here
 with its default; an experiment overrides a few (``--config.data.label_noise=0.3``).
+``check_data_config`` checks every one of them (``DATA_FIELDS``: type and range;
+then what depends on the dataset), before any data is opened.
 """
 
 from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
+
+from rattn import fields
+from rattn.data import datasets
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -82,3 +87,46 @@ def data_config() -> ml_collections.ConfigDict:
       'download': 'auto',
       'normalise_on_device': False,
   })
+
+
+# Every field of data_config(): its type and range. The names of datasets, augmentations,
+# label sources and download modes are checked against the dataset in check_data_config.
+DATA_FIELDS = {
+    'dataset': fields.Rule('the tfds dataset to train on', fields.text, 'cifar10'),
+    'data_dir': fields.Rule('the tfds data dir (None: $TFDS_DATA_DIR)',
+                            fields.optional(fields.any_text), '/data/tfds'),
+    'train_split': fields.Rule('the tfds split trained on', fields.text, 'train'),
+    'eval_split': fields.Rule('the tfds split evaluated on', fields.text, 'test'),
+    'augment': fields.Rule('the training augmentation', fields.text, 'auto'),
+    'image_size': fields.Rule("the side of the square model input (None: the dataset's own)",
+                              fields.optional(fields.integer(1)), '32'),
+    'label_noise': fields.Rule('the rate of symmetric noise on the training labels',
+                               fields.number(0.0, 1.0), '0.3'),
+    'noise_seed': fields.Rule('the seed of the label noise', fields.integer(0), '0'),
+    'label_source': fields.Rule("the training labels ('clean' or a CIFAR-10N set)",
+                                fields.text, 'clean'),
+    'num_workers': fields.Rule('the number of grain worker processes (0: in this process)',
+                               fields.integer(0), '0'),
+    'prefetch': fields.Rule('the number of batches read ahead', fields.integer(1), '4'),
+    'shuffle': fields.Rule('whether the training data is reshuffled every epoch',
+                           fields.boolean, 'True'),
+    'cache_in_memory': fields.Rule('whether a split is decoded once into memory',
+                                   fields.one_of(('auto', 'true', 'false'), lower=True), 'auto'),
+    'download': fields.Rule('what to do when the dataset is not prepared',
+                            fields.one_of(('auto', 'true', 'false'), lower=True), 'auto'),
+    'normalise_on_device': fields.Rule('whether batches are standardised on the device',
+                                       fields.boolean, 'False'),
+}
+
+
+def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``DataConfigError`` (one paragraph) for the first field that cannot be used:
+  a type or range (``DATA_FIELDS``), then a name the dataset does not know or a
+  combination it does not support."""
+  fields.check_fields(data_cfg, DATA_FIELDS, datasets.DataConfigError, prefix='config.data.')
+  datasets.spec(data_cfg)
+  datasets.augment_name(data_cfg)
+  datasets.in_memory(data_cfg)
+  datasets.image_size(data_cfg)
+  datasets.label_key(data_cfg, train=True)
+  datasets.label_noise(data_cfg)

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from rattn.data import augment
+from rattn.data.config import check_data_config
 from rattn.data import datasets
 from rattn.data import jpeg
 from rattn.data import noise
@@ -262,6 +263,7 @@ class DataPlan:
   """
 
   def __init__(self, data_cfg: ml_collections.ConfigDict):
+    check_data_config(data_cfg)
     self.config = data_cfg
     self.spec = datasets.spec(data_cfg)
     self.augment = datasets.augment_name(data_cfg)

@@ -28,15 +28,22 @@ Retention: the latest ``keep`` checkpoints, plus the one with the best
 validation accuracy (``BEST_METRIC``: validation steps pass their metrics to
 ``save``; the test split never ranks a checkpoint). ``choose`` names the step
 a reader loads: the final (latest) one by default, the best on validation only
-when asked. Saves are asynchronous; ``close`` waits for the last one.
+when asked. Saves are asynchronous; ``close`` waits for the last one. A save whose
+write fails (a full disk, a quota, a read-only device) ends in one
+``CheckpointWriteError`` naming the directory, the intact checkpoints and the
+fix; its half-written step is removed and never counts, and nothing saved
+earlier is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import time
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import grain
 import jax
@@ -59,6 +66,30 @@ _MAX_REASON = 200  # orbax errors can dump whole tensorstore specs
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be restored; the message says why and what to do."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A save failed to write (a full disk, a quota, a read-only or failing device); the
+  message names the directory, the intact checkpoints and the fix."""
+
+
+# The errors of a failed write, as the OS and tensorstore word them.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG)
+
+
+def write_failure(error: BaseException) -> Optional[str]:
+  """What went wrong if ``error`` (or an error it was raised from) is a failed write."""
+  seen, visited = error, set()
+  while seen is not None and id(seen) not in visited:
+    visited.add(id(seen))
+    if isinstance(seen, OSError) and seen.errno in _WRITE_ERRNOS:
+      return f'{seen.strerror or os.strerror(seen.errno)} (errno {seen.errno})'
+    text = str(seen)
+    for code in _WRITE_ERRNOS:
+      if os.strerror(code) in text:
+        return f'{os.strerror(code)} (errno {code})'
+    seen = seen.__cause__ or seen.__context__
+  return None
 
 
 class DamagedCheckpointError(CheckpointError):
@@ -131,6 +162,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._read_only = read_only
     self._good: set[int] = set()  # checksummed and finite: saved or verified by this object
+    self._saving: Optional[int] = None  # the step of the save that may still be writing
+    self._failure: Optional[CheckpointWriteError] = None
 
   # ---------------------------------------------------------------- queries
 
@@ -208,11 +241,57 @@ class Checkpointer:
     items = {'state': ocp.args.StandardSave(state), CHECKSUMS: ocp.args.JsonSave(sums)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    # Empty metrics rather than None: orbax warns on every save without them.
-    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {},
-                       force=True)
+    with self._writing(self._saving):  # the previous save's failure is that save's
+      self._manager.wait_until_finished()  # (orbax's save would wait for it too)
+    with self._writing(step):
+      # Empty metrics rather than None: orbax warns on every save without them.
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {},
+                         force=True)
+    self._saving = step
     if not non_finite:
       self._good.add(step)
+
+  @contextlib.contextmanager
+  def _writing(self, step: Optional[int]) -> Iterator[None]:
+    """Turns a failed write of the save of ``step`` into one CheckpointWriteError."""
+    if self._failure is not None:
+      raise self._failure
+    try:
+      yield
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # orbax and tensorstore raise many types for one full disk
+      reason = write_failure(e)
+      if reason is None or step is None:
+        raise
+      self._failure = self._write_error(step, reason)
+      raise self._failure from e
+
+  def _write_error(self, step: int, reason: str) -> CheckpointWriteError:
+    self._good.discard(step)
+    if jax.process_index() == 0:  # the half-written step: never a checkpoint; free its space
+      for partial in self.directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+        partial.rmtree(missing_ok=True)
+    try:
+      self._manager.reload()
+    except Exception:  # pylint: disable=broad-except  # the listing below is then orbax's last
+      pass
+    intact = [s for s in self.all_steps() if s != step]
+    try:
+      left = shutil.disk_usage(os.fspath(self.directory)).free  # OSError on gs://
+      free = (f' ({left / 2**20:,.0f} MiB free now)' if left >= 2**20 else
+              f' ({left // 1024:,} KiB free now)')
+    except OSError:
+      free = ''
+    kept = (f'The checkpoints saved before it are intact and untouched: steps '
+            f'{", ".join(map(str, intact))}; rerunning resumes from step {intact[-1]}.'
+            if intact else 'No checkpoint had been saved before it, so a rerun starts afresh.')
+    return CheckpointWriteError(
+        f'Saving the checkpoint of step {step} in {self.directory} failed: {reason}{free}. '
+        f'Step {step} is not a checkpoint (a half-written step never counts; its partial '
+        f'files were removed). {kept} Free space on that disk (or fix what refuses the '
+        'write), then rerun the same command; or copy the workdir to a disk with room and '
+        'rerun with that --workdir.')
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
     """Restores and verifies the state at ``step`` into ``abstract_state``'s shapes and
@@ -349,9 +428,18 @@ class Checkpointer:
     return target
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the last save to land (CheckpointWriteError if its write failed)."""
+    with self._writing(self._saving):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves to land, then releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves to land, then releases the manager. A failed write is raised
+    (again, if already raised), so that it is what a run ends with."""
+    try:
+      self.wait_until_finished()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except  # after a failed write only
+        if self._failure is None:
+          raise

@@ -5,7 +5,7 @@ instead of ``absl.app.run(main)``: a misspelt ``--config.x.y=...`` override
 becomes a one-line flag error that names the field and suggests the right one
 (instead of a traceback), and the errors a user can fix (a bad flag, config,
 checkpoint, data, divergence) end in one clear message and exit status 1. A run
-stopped by SIGTERM (its checkpoint saved) exits with 143. ``call(main, argv)``
+stopped by SIGTERM (its checkpoint saved) exits with 143, by Ctrl-C with 130. ``call(main, argv)``
 runs a command's main the same way inside this process (tests, notebooks).
 
 A command defines its own flags in its own registry, ``FLAGS = command_flags()``
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -34,12 +35,14 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from rattn.convert import ConversionError
 from rattn.data import DataConfigError, DatasetNotFoundError
 from rattn.train import distributed
 from rattn.train.checkpoint import CheckpointError
+from rattn.train.checkpoint import write_failure
 from rattn.train.plan import ConfigError
 from rattn.train.trainer import TrainingDiverged, TrainingPreempted, train_and_evaluate
 from rattn.train.workdir import WorkdirError
@@ -91,6 +94,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the job did not
 # finish, and a scheduler that requeues preempted jobs recognises it.
 PREEMPTED_EXIT_STATUS = 143
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT: Ctrl-C (the step is checkpointed first)
 
 _QUOTED = re.compile(r"""["']([^"'\\]+)["']""")
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
@@ -102,30 +106,122 @@ def initialize_distributed() -> bool:
                                 _PROCESS_ID.value)
 
 
-def config_override_message(error: Exception, argv: Sequence[str]) -> str:
+# Names other training code uses for a field, by the field's own leaf name: a hint for an
+# override that names a field the config lacks.
+_OTHER_NAMES = {
+    'base_lr': ('learning_rate', 'lr', 'base_learning_rate', 'initial_lr', 'init_lr', 'max_lr'),
+    'num_train_steps': ('epochs', 'num_epochs', 'steps', 'train_steps', 'num_steps',
+                        'max_steps', 'total_steps', 'iterations', 'max_iter', 'iters'),
+    'boundaries': ('milestones', 'lr_steps', 'decay_steps', 'lr_boundaries', 'steps_at'),
+    'decay_factor': ('gamma', 'lr_decay', 'decay_rate', 'lr_gamma'),
+    'warmup_steps': ('warmup', 'warmup_iters', 'warmup_epochs', 'warm_up'),
+    'weight_decay': ('wd', 'l2', 'decay', 'l2_reg'),
+    'batch_size': ('bs', 'train_batch_size', 'global_batch_size', 'per_device_batch_size'),
+    'eval_batch_size': ('test_batch_size', 'val_batch_size'),
+    'model': ('arch', 'architecture', 'network', 'net', 'model_name'),
+    'label_smoothing': ('smoothing', 'smooth'),
+    'mixup_alpha': ('mixup',),
+    'num_workers': ('workers', 'worker_count', 'data_workers'),
+    'image_size': ('img_size', 'input_size', 'resolution', 'crop_size'),
+    'label_noise': ('noise', 'noise_rate', 'noisy_rate'),
+    'dataset': ('dataset_name', 'data_name'),
+    'seed': ('random_seed', 'rng_seed'),
+    'checkpoint_every': ('save_every', 'ckpt_every', 'save_interval', 'checkpoint_interval'),
+    'eval_every': ('eval_interval', 'val_every', 'test_every'),
+    'log_every': ('log_interval', 'print_every', 'log_freq'),
+}
+
+
+def _leaf_paths(node: Any, prefix: str = '') -> List[str]:
+  """Every dotted path to a non-section field of a config (sections recursed into)."""
+  paths = []
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict) and key != 'model_kwargs':
+      paths += _leaf_paths(value, f'{prefix}{key}.')
+    else:
+      paths.append(f'{prefix}{key}')
+  return paths
+
+
+def _config_file_paths(argv: Sequence[str]) -> List[str]:
+  """The field paths of the config file that ``argv``'s --config names, before overrides;
+  [] if it cannot be read."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      spec = arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if not spec:
+    return []
+  file, sep, argument = spec.partition(':')
+  try:
+    get_config = runpy.run_path(file)['get_config']
+    return _leaf_paths(get_config(argument) if sep else get_config())
+  except Exception:  # pylint: disable=broad-except  # only the hint is lost
+    return []
+
+
+def closest_field(given: str, paths: Sequence[str], in_section: Optional[str] = None
+                  ) -> Optional[str]:
+  """The config field most likely meant by the path ``given``, searched over the whole
+  config (``paths``): the same name in another section, then ``in_section`` (the closest
+  name in the same section, per ml_collections), then a name other code uses for a
+  field, then the closest name anywhere; None without a candidate."""
+  name = given.rsplit('.', 1)[-1]
+  same = [p for p in paths if p.rsplit('.', 1)[-1] == name and p != given]
+  if same:
+    return same[0]
+  if in_section:
+    return in_section
+  for field, others in _OTHER_NAMES.items():
+    if name.lower() in others:
+      named = [p for p in paths if p.rsplit('.', 1)[-1] == field]
+      if named:
+        return named[0]
+  leaves = {p.rsplit('.', 1)[-1]: p for p in paths}
+  close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.75)
+  return leaves[close[0]] if close else None
+
+
+def config_override_message(error: Exception, argv: Sequence[str],
+                            paths: Optional[Sequence[str]] = None) -> str:
   """What to tell the user when an override names a field the (locked) config lacks.
 
-  ml_collections says only which key is missing (and maybe the closest one);
-  this finds the flag that named it and spells out the corrected flag.
+  ml_collections says only which key is missing (and maybe the closest one in
+  the same section); this finds the flag that named it, searches the whole
+  config (``paths``, by default the config file's fields) for the field meant
+  and spells out the corrected flag.
   """
   text = str(error).replace("\\'", "'").replace('\\n', '\n')
   names = _QUOTED.findall(text)
   field = names[0] if names else text
   suggestion = _DID_YOU_MEAN.search(text)
-  flags_given = [a.split('=')[0] for a in argv if a.startswith('--config.')]
-  offending = [f for f in flags_given if field in f.split('.')[1:]]
+  given = [a for a in argv if a.startswith('--config.')]
+  offending = [a for a in given if field in a.split('=')[0].split('.')[1:]]
+  paths = _config_file_paths(argv) if paths is None else paths
   if not offending:
-    hint = f' Did you mean {suggestion.group(1)!r}?' if suggestion else ''
+    meant = closest_field(field, paths, suggestion.group(1) if suggestion else None)
+    hint = f' Did you mean {meant!r}?' if meant else ''
     return f'the config has no field {field!r}.{hint}'
-  parts = offending[0].split('.')
+  name, sep, value = offending[0].partition('=')
+  parts = name.split('.')
+  path = '.'.join(parts[1:parts.index(field, 1) + 1])
+  in_section = None
+  if suggestion:
+    in_section = '.'.join(parts[1:parts.index(field, 1)] + [suggestion.group(1)])
+  meant = closest_field(path, paths, in_section) if 'model_kwargs' not in parts else in_section
   hint = ' Check the spelling against the config file.'
-  if 'model_kwargs' in parts:
+  if 'model_kwargs' in parts and not meant:
     hint += (' model_kwargs holds the keyword arguments that the config file declares; '
              'declare a new one there (config.model_kwargs = dict(...)).')
-  if suggestion:
-    parts[parts.index(field, 1)] = suggestion.group(1)
-    hint = f' Did you mean {".".join(parts)}?'
-  return (f'{offending[0]}: the config has no field {field!r}.{hint} (Configs are locked so '
+  if meant:
+    rest = parts[parts.index(field, 1) + 1:]
+    if 'epoch' in field.lower():  # another unit: the value would not carry over
+      hint = f' Did you mean --config.{".".join([meant] + rest)} (counted in steps, not epochs)?'
+    else:
+      hint = f' Did you mean --config.{".".join([meant] + rest)}{sep}{value}?'
+  return (f'{name}: the config has no field {field!r}.{hint} (Configs are locked so '
           'that a misspelt override fails instead of being silently ignored.)')
 
 
@@ -202,6 +298,17 @@ class _HideHarmlessWarnings(logging.Filter):
                 and any(str(record.msg).startswith(m) for m in self._MESSAGES))
 
 
+class _HideReportedWriteErrors(logging.Filter):
+  """Drops orbax's error logs (each with a traceback, several per save) of a failed write:
+  the Checkpointer reports it in one paragraph (CheckpointWriteError)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ('/orbax/' in record.pathname and record.levelno >= logging.ERROR and (
+        (error is not None and write_failure(error)) or write_failure(
+            Exception(record.getMessage()))))
+
+
 def _hide_closed_loop_errors(default_hook: Callable[[Any], None]) -> Callable[[Any], None]:
   """sys.unraisablehook without the 'Event loop is closed' errors that tensorstore's late
   callbacks raise after orbax has given up reading a damaged checkpoint (one per array)."""
@@ -229,7 +336,12 @@ def _guarded(main: Callable[[List[str]], Any]) -> Callable[[List[str]], Any]:
       return main(argv)
     except TrainingPreempted as e:
       sys.stderr.write(f'{e}\n')
-      sys.exit(PREEMPTED_EXIT_STATUS)
+      sys.exit(getattr(e, 'exit_status', PREEMPTED_EXIT_STATUS))
+    except KeyboardInterrupt:  # where no handler saves first (e.g. a multi-process run)
+      sys.stderr.write('Interrupted (Ctrl-C): stopped without saving anything more. A '
+                       'training run resumes from its latest checkpoint when the same command '
+                       'is rerun.\n')
+      sys.exit(INTERRUPTED_EXIT_STATUS)
     except _USER_ERRORS as e:
       name = 'flags' if isinstance(e, app.UsageError) else type(e).__name__
       hint = ' (Pass --helpshort to see the flags.)' if isinstance(e, app.UsageError) else ''
@@ -280,6 +392,7 @@ def run(main: Callable[[List[str]], Any]) -> None:
   """``app.run(main)`` with clear messages (and exit status 1) for errors a user can fix."""
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
   absl_logging.get_absl_handler().addFilter(_HideHarmlessWarnings())
+  absl_logging.get_absl_handler().addFilter(_HideReportedWriteErrors())
   sys.unraisablehook = _hide_closed_loop_errors(sys.unraisablehook)
   with _command_flags_joined(main):
     app.run(_guarded(main), flags_parser=parse_flags)

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
-from rattn import data
+from rattn import data, fields
 from rattn.models import MODELS, create_model
 from rattn.registry import Entry
 from rattn.train import optim
@@ -38,25 +39,118 @@ class ConfigError(ValueError):
   """The config asks for something that cannot run; the message says what to change."""
 
 
+def _positive(meaning: str, example: str) -> fields.Rule:
+  return fields.Rule(meaning, fields.integer(1), example)
+
+
+# Every field of experiments/configs/default.py outside ``data`` (rattn.data.config.DATA_FIELDS
+# has those): its type and range. Names (model, dtype, schedule, optimiser) are checked
+# against what exists in check_config.
+FIELDS = {
+    'model': fields.Rule('the registered model to train', fields.text, 'ran56_cifar'),
+    'model_kwargs': fields.Rule("the model's keyword arguments", fields.mapping, "'{}'"),
+    'allow_input_size_mismatch': fields.Rule(
+        'whether a model may run on images far from its design size', fields.boolean, 'False'),
+    'dtype': fields.Rule('the compute dtype', fields.one_of(tuple(DTYPES)), 'float32'),
+    'init_from': fields.Rule("a workdir whose weights start the run ('': from scratch)",
+                             fields.any_text, '/tmp/converted'),
+    'seed': fields.Rule('the seed of initialisation, data order and augmentation',
+                        fields.integer(0), '0'),
+    'batch_size': _positive('the global training batch size', '64'),
+    'eval_batch_size': _positive('the global evaluation batch size', '512'),
+    'num_train_steps': _positive('the number of training steps', '160000'),
+    'optimizer.name': fields.Rule('the optimiser', fields.one_of(optim.OPTIMIZERS), 'sgd'),
+    'optimizer.momentum': fields.Rule('the SGD momentum (0: none)',
+                                      fields.number(0.0, 1.0, high_open=True), '0.9'),
+    'optimizer.nesterov': fields.Rule('whether momentum is Nesterov\'s', fields.boolean,
+                                      'True'),
+    'optimizer.weight_decay': fields.Rule('the L2 weight decay (0: none)', fields.number(0.0),
+                                          '1e-4'),
+    'optimizer.decay_all_params': fields.Rule(
+        'whether BatchNorm parameters and biases are decayed too', fields.boolean, 'True'),
+    'schedule.name': fields.Rule('the learning-rate schedule', fields.one_of(optim.SCHEDULES),
+                                 'piecewise'),
+    'schedule.base_lr': fields.Rule('the peak learning rate',
+                                    fields.number(0.0, low_open=True), '0.1'),
+    'schedule.warmup_steps': fields.Rule('the number of linear warm-up steps (0: none)',
+                                         fields.integer(0), '0'),
+    'schedule.boundaries': fields.Rule(
+        'the steps at which the piecewise schedule multiplies the rate by decay_factor',
+        fields.integers(1, increasing=True), "'(64000, 96000)'"),
+    'schedule.decay_factor': fields.Rule(
+        'the factor applied at each boundary', fields.number(0.0, 1.0, low_open=True), '0.1'),
+    'schedule.end_lr_fraction': fields.Rule(
+        "the cosine schedule's final rate as a fraction of base_lr", fields.number(0.0, 1.0),
+        '0.0'),
+    'label_smoothing': fields.Rule('the label-smoothing mass',
+                                   fields.number(0.0, 1.0, high_open=True), '0.1'),
+    'mixup_alpha': fields.Rule("mixup's Beta(alpha, alpha) parameter (0: no mixup)",
+                               fields.number(0.0), '0.2'),
+    'log_every': _positive('the number of steps between training-metric logs', '100'),
+    'eval_every': _positive('the number of steps between evaluations', '4000'),
+    'checkpoint_every': _positive('the number of steps between checkpoints', '2000'),
+    'keep_checkpoints': _positive('the number of latest checkpoints kept', '3'),
+}
+
+# The registered models' keyword arguments that have a type and range whatever the model.
+# Others (attention names, stems, nested attention kwargs) are checked by the model itself.
+MODEL_KWARGS = {
+    'width': fields.Rule('the width multiplier of every layer',
+                         fields.number(0.0, low_open=True), '1.0'),
+    'widths': fields.Rule('the widths of the stages', fields.integers(1, empty=False),
+                          "'(16, 32, 64)'"),
+    'stage_widths': fields.Rule('the widths of the stages', fields.integers(1, empty=False),
+                                "'(256, 512, 1024)'"),
+    'final_width': _positive('the width of the last stage', '2048'),
+    'stem_width': _positive("the stem's width", '64'),
+    'depth': _positive('the network depth', '20'),
+    'stage_sizes': fields.Rule('the blocks per stage', fields.integers(1, empty=False),
+                               "'(3, 4, 6, 3)'"),
+    'modules_per_stage': fields.Rule('the attention modules per stage',
+                                     fields.integers(1, empty=False), "'(1, 1, 1)'"),
+    'pool_levels': fields.Rule("the mask branches' pooling depths per stage",
+                               fields.integers(0, empty=False), "'(3, 2, 1)'"),
+    'final_strides': _positive('the stride into the last stage', '2'),
+    'p': _positive('the residual units before and after each attention module', '1'),
+    't': _positive("the residual units of each trunk branch", '2'),
+    'r': _positive('the residual units between poolings in each mask branch', '1'),
+    'remat': fields.Rule('whether activations are recomputed in the backward pass',
+                         fields.boolean, 'False'),
+    'scan': fields.Rule('whether repeated modules are scanned', fields.boolean, 'False'),
+    'residual_learning': fields.Rule('whether attention residual learning is used',
+                                     fields.boolean, 'True'),
+    'zero_init_last_bn': fields.Rule("whether each block's last BatchNorm starts at zero",
+                                     fields.boolean, 'False'),
+    'bottleneck': fields.Rule('whether the blocks are bottlenecks', fields.boolean, 'False'),
+}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields that need no model, data or devices."""
-  if config.dtype not in DTYPES:
-    raise ConfigError(f'config.dtype={config.dtype!r} is not supported; use one of '
-                      f'{sorted(DTYPES)} (parameters are always float32).')
-  if config.schedule.name not in optim.SCHEDULES:
-    raise ConfigError(f'config.schedule.name={config.schedule.name!r} is not a schedule; '
-                      f'use one of {optim.SCHEDULES}.')
-  if config.optimizer.name not in optim.OPTIMIZERS:
-    raise ConfigError(f'config.optimizer.name={config.optimizer.name!r} is not supported; '
-                      f'use one of {optim.OPTIMIZERS}.')
-  for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'log_every',
-                'eval_every', 'checkpoint_every', 'keep_checkpoints'):
-    if int(config[field]) < 1:
-      raise ConfigError(f'config.{field}={config[field]} must be a positive integer.')
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f'config.label_smoothing={config.label_smoothing} must be in [0, 1).')
-  if config.mixup_alpha < 0:
-    raise ConfigError(f'config.mixup_alpha={config.mixup_alpha} must be >= 0 (0 disables it).')
+  """Checks every field's type and range (``FIELDS``, the data section's ``DATA_FIELDS``,
+  ``MODEL_KWARGS``), and the names that need no model, data or devices."""
+  fields.check_fields(config, FIELDS, ConfigError)
+  if 'data' in config:
+    data.check_data_config(config.data)
+  kwargs = config.model_kwargs
+  fields.check_fields(kwargs, {k: r for k, r in MODEL_KWARGS.items() if k in kwargs},
+                      ConfigError, prefix='config.model_kwargs.')
+  model_entry(config)  # a registered model
+  schedule = config.get('schedule', {})
+  if schedule.get('boundaries') and schedule.get('warmup_steps', 0) > 0 and (
+      schedule.boundaries[0] <= schedule.warmup_steps) and schedule.name == 'piecewise':
+    raise ConfigError(
+        f'config.schedule.boundaries={tuple(schedule.boundaries)} start within the warm-up '
+        f'(config.schedule.warmup_steps={schedule.warmup_steps}): the ramp would hide the '
+        'first decay. Put every boundary after the warm-up, or shorten the warm-up.')
+  total = int(config.num_train_steps)
+  beyond = [b for b in schedule.get('boundaries', ()) if b >= total]
+  if schedule.get('name') == 'piecewise' and beyond:
+    logging.warning('config.schedule.boundaries %s: %s at or beyond num_train_steps=%d, so the '
+                    'learning rate never decays there in this run.',
+                    tuple(schedule.boundaries), beyond, total)
+  if schedule.get('warmup_steps', 0) > total:
+    logging.warning('config.schedule.warmup_steps=%d is longer than num_train_steps=%d: the '
+                    'whole run warms up.', schedule.warmup_steps, total)
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -204,18 +298,21 @@ class RunPlan:
 
 def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
               image_shape: Optional[Tuple[int, int, int]] = None,
-              num_classes: Optional[int] = None) -> RunPlan:
+              num_classes: Optional[int] = None, check_batches: bool = True) -> RunPlan:
   """Checks ``config`` once and derives the run's pieces; ``mesh`` defaults to all devices.
 
   The image shape and class count come from the config's data (a
   ``DataPlan``, which opens each split once), unless both are given: then no
   data is opened (a saved run's recorded shapes, a benchmark's synthetic input).
   Where the data gives the shape, a model far from its design input size is
-  refused (``check_input_size``).
+  refused (``check_input_size``). ``check_batches`` False leaves the config's batch
+  sizes unchecked against the mesh: a saved run evaluated with a batch of its own, on
+  another number of devices than it trained on.
   """
   check_config(config)
   mesh = mesh if mesh is not None else make_mesh()
-  check_batch_sizes(config, mesh.size)
+  if check_batches:
+    check_batch_sizes(config, mesh.size)
   data_plan = None
   if image_shape is None or num_classes is None:
     data_plan = data.DataPlan(config.data)

@@ -23,7 +23,7 @@ from etils import epath
 from rattn import data
 from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import Checkpointer, CheckpointError
-from rattn.train.plan import RunPlan, make_plan
+from rattn.train.plan import ConfigError, RunPlan, make_plan
 from rattn.train.state import TrainState, make_mesh
 from rattn.train.steps import evaluate
 
@@ -41,8 +41,10 @@ def _restore(workdir: epath.Path, which: str | int, mesh) -> Tuple[
   try:
     step, why = checkpoints.choose(which)
     logging.info('Loading %s from %s.', why, checkpoints.directory)
+    # Its training batch sizes were checked against the devices it trained on; the batch
+    # that evaluates it here is the caller's to check.
     plan = make_plan(config, mesh, image_shape=tuple(info['image_shape']),
-                     num_classes=info['num_classes'])
+                     num_classes=info['num_classes'], check_batches=False)
     state = checkpoints.restore(step, plan.abstract_state())
   finally:
     checkpoints.close()
@@ -112,8 +114,16 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, checkpoint: st
   if batch_size is not None and batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size} (None: the training '
                      "config's eval_batch_size).")
-  plan, state, info, step, why = _restore(workdir_files.resolve(workdir), _which(step, checkpoint),
-                                          make_mesh())
+  plan, state, info, step, why = _restore(workdir_files.resolve(workdir),
+                                          _which(step, checkpoint), make_mesh())
+  given, batch_size = batch_size, batch_size or int(plan.config.eval_batch_size)
+  try:  # this run's batch on these devices (not the training run's batch sizes)
+    data.split_batch(batch_size, plan.mesh.size, 'device', name='--batch_size',
+                     flag='--batch_size=')
+  except ValueError as e:
+    default = '' if given else ("Without --batch_size, the training config's "
+                                'eval_batch_size is used: ')
+    raise ConfigError(f'{default}{e}') from None
   data_cfg = plan.config.data
   _recorded_validation(data_cfg, info)
   if dataset:
@@ -144,7 +154,6 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, checkpoint: st
           f'{workdir_files.DATASET_INFO_FILE}, {here["num_examples"]} here, or other '
           'examples): the data dir holds other data than training read. Point --data_dir at '
           'the data training read, or evaluate another split.')
-  batch_size = batch_size or int(plan.config.eval_batch_size)
   eval_data = target.eval_iterator(split=split, global_batch_size=batch_size)
   metrics = evaluate(plan.eval_step(), state, eval_data, plan.mesh)
   return {**metrics, 'step': step, 'checkpoint': why, 'dataset': data_cfg.dataset,

@@ -20,8 +20,9 @@ The loop never waits on the device except at log, eval and checkpoint steps:
 per-step metrics stay on device until then.
 
 Preemption: SIGTERM (what Slurm, Kubernetes and preemptible VMs send before
-killing a job) makes the loop save a checkpoint at the step it is on and stop
-with ``TrainingPreempted``; rerunning the same command resumes from there. In a
+killing a job) or Ctrl-C makes the loop save a checkpoint at the step it is on and stop
+with ``TrainingPreempted``; rerunning the same command resumes from there (a second
+Ctrl-C stops at once, unsaved). In a
 multi-process run JAX's coordination service catches the signal and agrees on
 one step at which every process saves (orbax's ``reached_preemption``).
 """
@@ -31,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -43,6 +46,7 @@ from absl import logging
 
 from rattn import data
 from rattn.models.summary import count_params
+from rattn.train import lock as workdir_lock
 from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import BEST_METRIC, Checkpointer
 from rattn.train.init_from import initial_state
@@ -57,11 +61,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingPreempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint was saved at ``step`` and rerunning resumes from it."""
+  """SIGTERM or Ctrl-C arrived; a checkpoint was saved at ``step`` and rerunning resumes from
+  it. ``exit_status`` is what a shell reports for the signal (143 SIGTERM, 130 Ctrl-C)."""
 
-  def __init__(self, message: str, step: Optional[int]):
+  def __init__(self, message: str, step: Optional[int], exit_status: int = 143):
     super().__init__(message)
     self.step = step
+    self.exit_status = exit_status
 
 
 def _distributed_client_started() -> bool:
@@ -74,30 +80,42 @@ def _distributed_client_started() -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _sigterm_flag() -> Iterator[Callable[[], bool]]:
-  """Yields ``requested()``: whether SIGTERM has arrived since entering.
+# What stopped a run: the signal's name in messages, and the exit status of a shell's job.
+_STOPS = {signal.SIGTERM: ('SIGTERM', 143), signal.SIGINT: ('Ctrl-C', 130)}
 
-  Installs a handler only in a single-process run on the main thread (Python's
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[Callable[[], Optional[int]]]:
+  """Yields ``requested()``: the SIGTERM or SIGINT (Ctrl-C) that has arrived since
+  entering, else None. A second Ctrl-C ends the process at once (status 130), unsaved.
+
+  Installs handlers only in a single-process run on the main thread (Python's
   rule); runs started with ``jax.distributed`` leave SIGTERM to JAX's
-  preemption service.
+  preemption service, and Ctrl-C raises KeyboardInterrupt there as usual.
   """
   if (jax.process_count() > 1 or _distributed_client_started()
       or threading.current_thread() is not threading.main_thread()):
-    yield lambda: False
+    yield lambda: None
     return
-  received = threading.Event()
+  received: List[int] = []
 
   def handler(signum, frame):  # pylint: disable=unused-argument
-    logging.warning('SIGTERM received: stopping after the current start-up phase, or saving '
-                    'a checkpoint after the current step.')
-    received.set()
+    if signum == signal.SIGINT and received:
+      sys.stderr.write('Second Ctrl-C: stopped at once, without saving the current step (a '
+                       'checkpoint being written does not count; earlier ones are intact). '
+                       'Rerun the same command to resume from the latest checkpoint.\n')
+      os._exit(130)  # pylint: disable=protected-access
+    again = ' (press Ctrl-C again to stop at once, unsaved)' if signum == signal.SIGINT else ''
+    logging.warning('%s received: stopping after the current start-up phase, or saving a '
+                    'checkpoint after the current step%s.', _STOPS[signum][0], again)
+    received.append(signum)
 
-  previous = signal.signal(signal.SIGTERM, handler)
+  previous = {s: signal.signal(s, handler) for s in _STOPS}
   try:
-    yield received.is_set
+    yield lambda: received[0] if received else None
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, old in previous.items():
+      signal.signal(signum, old)
 
 
 def _divergence_message(step: int, values: Dict[str, float], checkpoints: Checkpointer,
@@ -160,11 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Raises:
     ConfigError: the config cannot run (the message says which field to change).
     DataConfigError: the data config cannot be read (e.g. a split the dataset lacks).
-    WorkdirError: the workdir cannot be written, or holds checkpoints of another run.
+    WorkdirError: the workdir cannot be written, holds checkpoints of another run, or is
+      in use by another live run (rattn.train.lock).
     CheckpointError: the workdir's latest checkpoint cannot be restored.
     TrainingDiverged: the loss became NaN/Inf; the last good checkpoint is kept.
-    TrainingPreempted: SIGTERM arrived; the current step was checkpointed (or, during
-      start-up, there was nothing to save).
+    TrainingPreempted: SIGTERM or Ctrl-C arrived; the current step was checkpointed (or,
+      during start-up, there was nothing to save).
   """
   with _sigterm_flag() as sigterm:  # installed first: SIGTERM is honoured during start-up too
     return _train_and_evaluate(config, workdir, sigterm)
@@ -179,10 +198,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ------------------------------------------------------------------ setup
   def stop_if_terminated(phase: str) -> None:
     if sigterm():
+      name, status = _STOPS[sigterm()]
       raise TrainingPreempted(
-          f'Stopped by SIGTERM during start-up ({phase}), before this run trained a step: '
+          f'Stopped by {name} during start-up ({phase}), before this run trained a step: '
           'nothing was lost and no checkpoint was needed (the workdir\'s checkpoints, if '
-          'any, are as they were). Rerun the same command to start again.', None)
+          'any, are as they were). Rerun the same command to start again.', None, status)
 
   workdir_files.check_same_run(workdir, config)  # before anything is read, moved or rewritten
   plan = make_plan(config)  # the config is checked once, here
@@ -197,6 +217,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.batch_size // mesh.size)
 
   with contextlib.ExitStack() as cleanup:  # closes whatever was opened, however we leave
+    # One live run per workdir (released last, after the final save has landed).
+    cleanup.enter_context(workdir_lock.hold(workdir, enabled=is_primary))
     # ---------------------------------------------------------------- input
     train_iter = plan.data.train_iterator(global_batch_size=config.batch_size,
                                           seed=plan.keys.data)
@@ -306,11 +328,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
       if preempted:
         checkpoints.wait_until_finished()
-        message = (f'Preempted (SIGTERM) at step {step:,} of {total_steps:,}: the checkpoint '
-                   f'of this step is saved in {checkpoints.directory}. Rerun the same command '
-                   'to resume from it.')
+        name, status = _STOPS[sigterm() or signal.SIGTERM]  # SIGTERM: JAX's service
+        how = 'Interrupted (Ctrl-C)' if status == 130 else 'Preempted (SIGTERM)'
+        message = (f'{how} at step {step:,} of {total_steps:,}: the checkpoint of this step '
+                   f'is saved in {checkpoints.directory}. Rerun the same command to resume '
+                   'from it.')
         writer.write_event(step, 'preempted', message=message)
-        raise TrainingPreempted(message, step)
+        raise TrainingPreempted(message, step, status)
 
     # ---------------------------------------------------------------- final report
     final_step = int(jax.device_get(state.step))

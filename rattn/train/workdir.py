@@ -8,6 +8,7 @@
       checkpoints/        orbax checkpoints (rattn.train.checkpoint)
       metrics.jsonl       one JSON object per logged step (rattn.train.metric_writer)
       tensorboard/        TensorBoard events
+      lock.json           while a run trains: who it is (rattn.train.lock)
 
 Nothing else knows these names: the trainer, evaluation, the metric writer and
 the command lines all come here.

@@ -220,3 +220,40 @@ def _eca_k(channels: int) -> int:
   # ECANet's adaptive kernel size as the paper's repository computes it (gamma 2, b 1).
   t = int(abs((math.log(channels, 2) + 1) / 2))
   return t if t % 2 else t + 1
+
+
+class TimmCbam(nn.Module):
+  """timm ``timm/layers/cbam.py`` CbamModule (timm 1.0): ``channel`` (1x1-conv MLP, no
+  biases: mlp_bias=False) then ``spatial`` (a ConvNormAct over [mean, max], in that order)."""
+
+  def __init__(self, channels: int, rd_ratio: float = 1 / 16):
+    super().__init__()
+    rd = int(channels * rd_ratio)
+    self.channel = nn.Module()
+    self.channel.fc1 = nn.Conv2d(channels, rd, 1, bias=False)
+    self.channel.fc2 = nn.Conv2d(rd, channels, 1, bias=False)
+    self.spatial = nn.Module()
+    self.spatial.conv = nn.Module()
+    self.spatial.conv.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+    self.spatial.conv.bn = nn.BatchNorm2d(1)
+
+  def forward(self, x):
+    fc = lambda s: self.channel.fc2(torch.relu(self.channel.fc1(s)))
+    x = x * torch.sigmoid(fc(x.mean((2, 3), keepdim=True)) + fc(x.amax((2, 3), keepdim=True)))
+    pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+    return x * torch.sigmoid(self.spatial.conv.bn(self.spatial.conv.conv(pooled)))
+
+
+class TimmEca(nn.Module):
+  """timm ``timm/layers/eca.py`` EcaModule (timm 1.0) with its kernel size from ``channels``
+  (gamma 2, beta 1, at least 3)."""
+
+  def __init__(self, channels: int):
+    super().__init__()
+    t = int(abs(math.log(channels, 2) + 1) / 2)
+    k = max(t if t % 2 else t + 1, 3)
+    self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
+
+  def forward(self, x):
+    y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+    return x * torch.sigmoid(y.view(x.shape[0], -1, 1, 1))

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 # Attribute under which each release keeps the block's attention module.
-ATTRIBUTE = {'se': 'se', 'cbam': 'cbam', 'eca': 'eca', 'sge': 'sge'}
+# timm's ResNet keeps any block attention as ``se`` (timm/models/resnet.py ``create_attn``).
+ATTRIBUTE = {'se': 'se', 'cbam': 'cbam', 'eca': 'eca', 'sge': 'sge', 'timm_cbam': 'se',
+             'timm_eca': 'se'}
 
 AttentionFactory = Callable[[int, int], nn.Module]  # (stage index, channels) -> module
 
