@@ -115,7 +115,8 @@ def test_gs_run_killed_and_resumed_equals_a_local_run_then_evaluate_visualize_in
   rows = [json.loads(line) for line in gcs.read('kill/metrics.jsonl').decode().splitlines()]
   train_steps = [r['step'] for r in rows if r.get('split') == 'train']
   assert train_steps == list(range(10, STEPS + 1, 10))
-  assert [r['step'] for r in rows if r.get('split') == 'test'] == [100, 200]
+  assert [r['step'] for r in rows if r.get('split') == 'minival'] == [100, 200]
+  assert [r['step'] for r in rows if r.get('split') == 'test'] == [STEPS]  # read once, at the end
   assert [r['step'] for r in rows if r.get('event') == 'resume'] == [max(at_kill)]
   assert json.loads(gcs.read('kill/config.json'))['num_train_steps'] == STEPS
   assert json.loads(gcs.read('kill/dataset_info.json'))['name'] == 'cifar10'
