@@ -10,7 +10,8 @@ the loops run as the thunk runtime's while loops instead, with the same integer 
 so parameters stay bit-identical (``tests/test_xla_flags.py``). XLA reads ``XLA_FLAGS``
 once, when JAX starts its first backend, and takes this option only from there (a
 per-compile ``compiler_options`` cannot set ``xla_backend_extra_options``). Older jaxlibs
-ignore the unknown key; a value the user set in ``XLA_FLAGS`` is kept.
+ignore the unknown key, and XLA passes no ``xla_``-prefixed key on to LLVM, so GPU and
+TPU compiles are unaffected; a value the user set in ``XLA_FLAGS`` is kept.
 """
 
 from __future__ import annotations
