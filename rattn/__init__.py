@@ -8,3 +8,7 @@ Subpackages:
 """
 
 __version__ = "0.1.0"
+
+from rattn import _xla_flags
+
+_xla_flags.configure()  # before JAX starts a backend: see rattn/_xla_flags.py

@@ -29,15 +29,16 @@ def pad_same(kernel: int) -> tuple:
 
 def classifier(x: jax.Array, num_classes: int, dtype: Any, param_dtype: Any,
                name: str = 'fc') -> jax.Array:
-  """Global average pool, then the dense classifier ``name``; float32 logits.
+  """Global average pool, then the dense classifier ``name``; float32 (or float64) logits.
 
   Call it inside a network's compact ``__call__`` (the Dense belongs to the
-  network). Every model returns float32 logits, so that the softmax
-  cross-entropy stays stable under bfloat16 compute; the steps rely on it.
+  network). Every model returns float32 logits (float64 for a float64 model),
+  so that the softmax cross-entropy stays stable under bfloat16 compute; the
+  steps rely on it.
   """
   x = jnp.mean(x, axis=(1, 2))
   x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
-  return x.astype(jnp.float32)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def make_attention(name: Optional[str], kwargs: Optional[Mapping[str, Any]], dtype: Any,

@@ -144,11 +144,12 @@ MASK_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def mask_activation(z: jax.Array, attention_type: str) -> jax.Array:
-  """The soft mask from the branch's output ``z``; computed in float32 for stable statistics."""
+  """The soft mask from the branch's output ``z``; computed in at least float32 for stable statistics."""
   if attention_type not in MASK_ACTIVATIONS:
     raise ValueError(f'Unknown attention_type {attention_type!r}; valid types are '
                      f'{", ".join(sorted(MASK_ACTIVATIONS))} (paper Sec. 3.3).')
-  return MASK_ACTIVATIONS[attention_type](z.astype(jnp.float32)).astype(z.dtype)
+  compute = jnp.promote_types(z.dtype, jnp.float32)  # a float64 model stays float64
+  return MASK_ACTIVATIONS[attention_type](z.astype(compute)).astype(z.dtype)
 
 
 # --- The attention module ---------------------------------------------------
