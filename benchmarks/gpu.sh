@@ -25,10 +25,12 @@ for arg in "$@"; do
 done
 
 site=/tmp/rattn_site
+export PYTHONPATH="$site:$root${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PYTHON" -c 'import ml_collections, grain, tensorflow_datasets, etils' 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
-    if ls .whl/jax-*.whl .whl/jaxlib-*.whl >/dev/null 2>&1; then
-      echo "ERROR: .whl holds a jax or jaxlib wheel; remove it: the host's jax must stay." >&2
+    if compgen -G '.whl/jax*.whl' >/dev/null; then
+      echo "ERROR: .whl holds a jax, jaxlib or jax plugin wheel; remove it: the host's jax" \
+        "must stay." >&2
       exit 1
     fi
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -41,7 +43,6 @@ if ! "$PYTHON" -c 'import ml_collections, grain, tensorflow_datasets, etils' 2>/
     exit 1
   fi
 fi
-export PYTHONPATH="$site:$root${PYTHONPATH:+:$PYTHONPATH}"
 if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d .data ]; then export TFDS_DATA_DIR=$root/.data; fi
 # A copied tree has no git history: whoever copies it may name the commit.
 if commit=$(git rev-parse --short HEAD 2>/dev/null); then export RATTN_GIT_COMMIT=$commit; fi
