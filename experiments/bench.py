@@ -87,6 +87,10 @@ _CORES = flags.DEFINE_string(
 _NO_EVAL = flags.DEFINE_bool('no_eval', False, 'Skip the eval measurement.', flag_values=FLAGS)
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Append one JSON line per measurement to '
                                 'this file.', flag_values=FLAGS)
+_DEVICE_LOCK = flags.DEFINE_string(
+    'device_lock', None, 'A lock file that every timed section holds: benchmark processes '
+    'started side by side on one device then compile concurrently but time one at a time.',
+    flag_values=FLAGS)
 _PROFILE = flags.DEFINE_string(
     'profile', None, f'Also trace {runs.PROFILE_STEPS} train steps with jax.profiler into '
     'DIR/<model> (TensorBoard / Perfetto) and print the op kinds that take the most time.',
@@ -189,7 +193,8 @@ def _measure(argv: Sequence[str]) -> List[Dict[str, Any]]:
     raise app.UsageError(str(e)) from None
   return [runs.bench_model(_train_config(name.strip()), devices, context,
                            steps=_STEPS.value or 20, warmup=_WARMUP.value,
-                           eval_too=not _NO_EVAL.value, profile_dir=_PROFILE.value)
+                           eval_too=not _NO_EVAL.value, profile_dir=_PROFILE.value,
+                           device_lock=_DEVICE_LOCK.value)
           for name in _MODEL.value.split(',') if name.strip()]
 
 

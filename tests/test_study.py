@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -211,6 +212,34 @@ def test_runner_skips_finished_cells_and_reruns_failed_ones(tmp_path):
   assert calls.count('b_n10_seed1') == 2 and calls.count('a_n10_seed1') == 1
   assert [r['cell'] for r in rows] == [c.name for c in cells]
   assert runner.read_done(workdir / 'b_n10_seed1')['resumed'] is True
+
+
+def test_a_time_budget_runs_seed_one_and_leaves_out_later_seeds(tmp_path):
+  (tmp_path / 'fake_trainer.py').write_text(FAKE_TRAINER)
+  env = {**os.environ, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}'}
+  cells = sorted(expand(STUDY, 'small', seeds=2), key=lambda cell: cell.seed)
+  lines = []
+  # A budget already spent: every config still gets seed 1, no cell of seed 2 starts.
+  rows = runner.run_cells(STUDY, 'small', cells, tmp_path / 'spent', parallel=2,
+                          module='fake_trainer', env=env, log=lines.append, poll_s=0.05,
+                          deadline=time.time() - 1)
+  assert [r['cell'] for r in rows] == [c.name for c in cells if c.seed == 1]
+  skipped = [line.split()[2] for line in lines if line.split()[1] == 'skip']
+  assert skipped == [c.name for c in cells if c.seed == 2]
+  assert lines[-1].startswith('Time budget reached: 4 of 8 cells not started')
+  # A budget that the finished cells' wall times say is enough: every seed runs.
+  rows = runner.run_cells(STUDY, 'small', cells, tmp_path / 'ample', parallel=2,
+                          module='fake_trainer', env=env, log=lambda line: None, poll_s=0.05,
+                          deadline=time.time() + 3600)
+  assert [r['cell'] for r in rows] == [c.name for c in cells]
+
+
+def test_only_names_an_axis_and_its_options(tmp_path):
+  result = _study_cli('arl_vs_nal', f'--workdir={tmp_path}', '--scale=gpu',
+                      '--only=depth=ran56,ran99')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert ("--only='depth=ran56,ran99': the depth axis of arl_vs_nal has the options ran56, "
+          'ran92, ran128, ran164.') in result.stderr
 
 
 def test_a_run_without_its_final_eval_is_not_finished(tmp_path):

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple
 import flax
 import jax
 import jaxlib
+import optax
 
 # (substring of jax.Device.device_kind, lower-cased) -> {dtype: peak FLOP/s per device}.
 # Ordered: the first match wins, so the more specific names come first.
@@ -83,7 +84,11 @@ def machine() -> Dict[str, object]:
       'cpu_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
       'load_avg_1m': round(load[0], 2),
       'hostname': platform.node(),
+      'python_version': platform.python_version(),
       'jax_version': jax.__version__,
       'jaxlib_version': jaxlib.__version__,
+      # The runtime behind the device: on GPUs the PJRT plugin with its CUDA version.
+      'platform_version': str(getattr(device.client, 'platform_version', '')),
       'flax_version': flax.__version__,
+      'optax_version': optax.__version__,
   }

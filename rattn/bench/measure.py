@@ -9,10 +9,12 @@ neighbour's process) says nothing about the steady state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import statistics
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 
@@ -81,6 +83,27 @@ def compile_timed(fn: Any, *args: Any) -> Tuple[jax.stages.Compiled, float]:
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   return compiled, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Optional[str]) -> Iterator[float]:
+  """Holds an exclusive lock on the file ``lock_path`` (created if absent); yields the seconds
+  waited for it.
+
+  Benchmark processes started side by side on one device compile concurrently (compilation
+  runs on the host's cores) but time their steps one at a time, each inside this lock, so
+  that no timed step shares the device. ``None`` locks nothing.
+  """
+  if not lock_path:
+    yield 0.0
+    return
+  with open(lock_path, 'a') as f:
+    start = time.perf_counter()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield time.perf_counter() - start
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def compiled_memory(compiled: jax.stages.Compiled) -> Dict[str, Optional[int]]:

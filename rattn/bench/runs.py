@@ -38,11 +38,15 @@ def _finish(record: Dict[str, Any], context: Dict[str, Any]) -> Dict[str, Any]:
 
 def bench_model(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
                 context: Dict[str, Any], *, steps: int, warmup: int, eval_too: bool = True,
-                profile_dir: Optional[str] = None) -> Dict[str, Any]:
+                profile_dir: Optional[str] = None,
+                device_lock: Optional[str] = None) -> Dict[str, Any]:
   """Measures the train step (and eval step) of ``config``'s model on synthetic batches.
 
   The run is assembled by ``rattn.train.make_plan`` as training assembles it,
   at the model's registered input size and class count (no data is read).
+  Both steps are compiled first; everything that runs them (timing, profile)
+  holds ``device_lock`` (``measure.exclusive``), so that processes sharing a
+  device can compile side by side and still time alone.
   """
   name, batch_size = config.model, int(config.batch_size)
   info = train.model_entry(config).info  # a ConfigError for an unknown name
@@ -53,19 +57,26 @@ def bench_model(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
   batch = train.shard_batch(_synthetic_batch(batch_size, image_size, num_classes), plan.mesh)
   state = plan.init_state()
   compiled, compile_s = measure.compile_timed(plan.train_step(), state, batch)
+  if eval_too:  # compiled for the initial state's shapes, which every later state has
+    compiled_eval, eval_compile_s = measure.compile_timed(plan.eval_step(), state, batch)
   memory = measure.compiled_memory(compiled)
-  rss_reset = measure.reset_peak_rss()
   step = lambda carry: compiled(carry[0], batch)  # noqa: E731  (state, metrics) in and out
-  timing, carry = measure.time_steps(step, (state, {}), steps=steps, warmup=warmup)
-  pipelined_s, carry = measure.time_pipelined(step, carry, steps=steps)
-  peak_rss = measure.peak_rss_bytes()
-  traced = {}
-  if profile_dir:
-    logdir = os.path.join(os.path.abspath(profile_dir), name)
-    carry = profile.trace_steps(step, carry, steps=PROFILE_STEPS, logdir=logdir)
-    traced = {'profile_dir': logdir,
-              'profile_top_ops': profile.op_breakdown(logdir, steps=PROFILE_STEPS)}
-  state = carry[0]
+  with measure.exclusive(device_lock) as lock_wait_s:
+    rss_reset = measure.reset_peak_rss()
+    timing, carry = measure.time_steps(step, (state, {}), steps=steps, warmup=warmup)
+    pipelined_s, carry = measure.time_pipelined(step, carry, steps=steps)
+    peak_rss = measure.peak_rss_bytes()
+    traced = {}
+    if profile_dir:
+      logdir = os.path.join(os.path.abspath(profile_dir), name)
+      carry = profile.trace_steps(step, carry, steps=PROFILE_STEPS, logdir=logdir)
+      traced = {'profile_dir': logdir,
+                'profile_top_ops': profile.op_breakdown(logdir, steps=PROFILE_STEPS)}
+    state = carry[0]
+    if eval_too:
+      eval_timing, _ = measure.time_steps(lambda _: compiled_eval(state, batch), None,
+                                          steps=steps, warmup=warmup)
+    device_peak = measure.device_peak_bytes(devices[0])
 
   macs = count_macs(plan.model, (1, image_size, image_size, 3))
   train_rate = timing.rate(batch_size)
@@ -86,17 +97,15 @@ def bench_model(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
       'xla_flops_per_step': measure.xla_flops(compiled),
       'peak_flops_per_s': peak_total,
       'mfu': train_flops / peak_total if peak_total else None,
-      'device_peak_bytes': measure.device_peak_bytes(devices[0]),
+      'device_peak_bytes': device_peak,
       'xla_train_bytes': memory['total'], 'xla_train_temp_bytes': memory['temp'],
       'peak_rss_bytes': peak_rss,
       'peak_rss_scope': 'timed train steps' if rss_reset else 'process so far',
+      **({'device_lock_wait_s': lock_wait_s} if device_lock else {}),
       **traced,
   }
   if eval_too:
-    compiled_eval, eval_compile_s = measure.compile_timed(plan.eval_step(), state, batch)
-    timing, _ = measure.time_steps(lambda _: compiled_eval(state, batch), None, steps=steps,
-                                   warmup=warmup)
-    rate = timing.rate(batch_size)
+    rate = eval_timing.rate(batch_size)
     flops = 2 * macs * rate['median']
     record.update({'eval_images_per_s': rate['median'], 'eval_images_per_s_min': rate['min'],
                    'eval_images_per_s_max': rate['max'], 'eval_compile_s': eval_compile_s,

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from rattn.study.spec import Cell, Study
 from rattn.train.metric_writer import format_duration
@@ -167,8 +167,14 @@ def _close_log(out: Any, path) -> None:
 def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.Path, *,
               parallel: int = 1, module: str = 'experiments.cifar',
               env: Optional[Mapping[str, str]] = None, log: Callable[[str], None] = print,
-              poll_s: float = 0.5) -> List[Dict[str, Any]]:
-  """Runs the unfinished cells, ``parallel`` at a time; returns every cell's result row.
+              poll_s: float = 0.5, deadline: Optional[float] = None) -> List[Dict[str, Any]]:
+  """Runs the unfinished cells, ``parallel`` at a time; returns every finished cell's row.
+
+  ``deadline`` (a ``time.time()`` value) is a time budget: a cell of a seed above 1
+  starts only if it is expected to end by then (expected: the mean wall time of the
+  finished cells of its group, else the longest finished cell), and is left out
+  otherwise; cells of seed 1 always start, so that every config has a result. Pass
+  the cells seed by seed to get as many complete seeds as fit.
 
   Raises:
     CellFailed: some cell's command failed (the others still ran); the message names
@@ -179,11 +185,13 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
   total = len(cells)
   rows: Dict[str, Dict[str, Any]] = {}
   walls: List[float] = []
+  group_walls: Dict[Tuple[str, ...], List[float]] = {}
   for cell in cells:
     row = read_done(workdir / cell.name)
     if row is not None:
       rows[cell.name] = row
       walls.append(row['wall_s'])
+      group_walls.setdefault(cell.group, []).append(row['wall_s'])
   todo = [(i, c) for i, c in enumerate(cells, 1) if c.name not in rows]
   if rows:
     log(f'{len(rows)} of {total} cells already finished in {workdir}; '
@@ -192,15 +200,28 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
   # cell name -> (index, cell, process, log file, start time, resumed)
   running: Dict[str, Any] = {}
   failures: List[str] = []
+  skipped: List[str] = []
   counts_cache: Dict[str, Dict[str, int]] = {}
 
   def eta() -> Optional[float]:
-    return eta_seconds(walls, total - len(rows) - len(failures), parallel)
+    return eta_seconds(walls, total - len(rows) - len(failures) - len(skipped), parallel)
+
+  def fits(cell: Cell) -> bool:
+    if deadline is None or cell.seed == 1:
+      return True
+    same = group_walls.get(cell.group)
+    expected = statistics.mean(same) if same else max(walls, default=0.0)
+    return time.time() + expected <= deadline
 
   try:
     while todo or running:
       while todo and len(running) < parallel:
         index, cell = todo.pop(0)
+        if not fits(cell):
+          skipped.append(cell.name)
+          log(progress_line('skip', index, total, cell.name, time.perf_counter() - started,
+                            eta(), 'would end after the time budget'))
+          continue
         cell_dir = workdir / cell.name
         resumed = cell_dir.exists()
         cell_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +247,7 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
           (cell_dir / DONE_FILE).write_text(json.dumps(row, indent=2) + '\n')
           rows[name] = row
           walls.append(wall)
+          group_walls.setdefault(cell.group, []).append(wall)
           write_results([rows[c.name] for c in cells if c.name in rows], workdir)
           detail = f'{100 * row["final_accuracy"]:.2f}%, {format_duration(wall)}'
           log(progress_line('done', index, total, name, time.perf_counter() - started,
@@ -244,6 +266,9 @@ def run_cells(study: Study, scale: str, cells: Sequence[Cell], workdir: pathlib.
     raise
   ordered = [rows[c.name] for c in cells if c.name in rows]
   write_results(ordered, workdir)
+  if skipped:
+    log(f'Time budget reached: {len(skipped)} of {total} cells not started '
+        f'({", ".join(skipped)}); rerun with a larger budget to add them.')
   if failures:
     raise CellFailed(f'{len(failures)} of {total} cells failed: {"; ".join(failures)}. The '
                      'finished cells are kept; fix the cause and rerun the same command to run '
