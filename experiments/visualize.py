@@ -37,7 +37,6 @@ from matplotlib.figure import Figure
 
 from rattn import data, train, viz
 from rattn.train import cli
-from rattn.train import workdir as workdir_files
 from rattn.train.checkpoint import CheckpointError, DamagedCheckpointError
 
 FLAGS = cli.command_flags()  # this command's own flags (see rattn.train.cli)
@@ -63,7 +62,7 @@ flags.register_validator('out', lambda out: out is None or out.lower().endswith(
 
 
 def png_path(out: str) -> epath.Path:
-  path = workdir_files.resolve(out)  # a local file or an object (gs://bucket/masks.png)
+  path = epath.Path(out)  # a local file or an object (gs://bucket/masks.png)
   if path.suffix.lower() != '.png':
     raise ValueError(f'--out {out!r} must name a .png file (or prefix), e.g. masks.png.')
   return path

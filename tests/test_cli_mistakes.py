@@ -315,7 +315,7 @@ def damaged_run(saved_run, tmp_path_factory):
   shutil.copytree(saved_run, workdir)
   # state/d/ holds the OCDBT data that restores read; flip bytes of its largest file.
   array_file = max((workdir_files.checkpoint_dir(workdir) / str(SAVED_STEP) / 'state' / 'd')
-                   .iterdir(), key=lambda p: p.stat().st_size)
+                   .iterdir(), key=lambda p: os.path.getsize(p))
   raw = bytearray(array_file.read_bytes())
   middle = len(raw) // 2
   raw[middle:middle + 58] = bytes(b ^ 0xFF for b in raw[middle:middle + 58])

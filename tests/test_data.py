@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -437,6 +438,10 @@ def test_cifar100_and_cifar10n_under_mock_data():
     assert not np.array_equal(worse, clean)  # the fake human labels differ from 'label'
 
 
+@pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None,
+                    reason="tfds's mock ImageNet encodes its fake JPEGs with TensorFlow, which "
+                    'is not installed; tests/test_imagenet_input.py covers the same pipeline '
+                    'on real JPEGs')
 def test_imagenet_random_crops_for_training_centre_crops_for_eval():
   with mocked(num_examples=10):
     cfg = data.data_config()

@@ -111,7 +111,7 @@ def reference_of_processes(config, steps: int, process_count: int) -> Dict[str, 
   state, train_step = plan.init_state(), plan.train_step()
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     shards = [data.make_train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed, process_index=i,
+                                       seed=plan.keys.data, process_index=i,
                                        process_count=process_count)
               for i in range(process_count)]
     for _ in range(steps):

@@ -103,6 +103,11 @@ DATA_FIELDS = {
     'label_noise': fields.Rule('the rate of symmetric noise on the training labels',
                                fields.number(0.0, 1.0), '0.3'),
     'noise_seed': fields.Rule('the seed of the label noise', fields.integer(0), '0'),
+    'validation': fields.Rule(
+        "the examples held out of train_split as 'minival' (None: the dataset's default; "
+        'a fraction in (0, 1), a count, or 0 for none)', fields.optional(fields.number(0.0)),
+        '0.05'),
+    'validation_seed': fields.Rule('the seed of the validation split', fields.integer(0), '0'),
     'label_source': fields.Rule("the training labels ('clean' or a CIFAR-10N set)",
                                 fields.text, 'clean'),
     'num_workers': fields.Rule('the number of grain worker processes (0: in this process)',

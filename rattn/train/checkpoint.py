@@ -271,7 +271,10 @@ class Checkpointer:
     self._good.discard(step)
     if jax.process_index() == 0:  # the half-written step: never a checkpoint; free its space
       for partial in self.directory.glob(f'{step}.orbax-checkpoint-tmp*'):
-        partial.rmtree(missing_ok=True)
+        if workdir_files.is_remote(partial):
+          partial.rmtree(missing_ok=True)
+        else:
+          shutil.rmtree(os.fspath(partial), ignore_errors=True)
     try:
       self._manager.reload()
     except Exception:  # pylint: disable=broad-except  # the listing below is then orbax's last

@@ -46,6 +46,11 @@ def _positive(meaning: str, example: str) -> fields.Rule:
 # Every field of experiments/configs/default.py outside ``data`` (rattn.data.config.DATA_FIELDS
 # has those): its type and range. Names (model, dtype, schedule, optimiser) are checked
 # against what exists in check_config.
+def _checkpoint_choice(value: Any) -> Optional[str]:
+  fine = isinstance(value, str) and (value in ('final', 'best') or value.isdigit())
+  return None if fine else "'final', 'best' or a step number (as a string, e.g. '350')"
+
+
 FIELDS = {
     'model': fields.Rule('the registered model to train', fields.text, 'ran56_cifar'),
     'model_kwargs': fields.Rule("the model's keyword arguments", fields.mapping, "'{}'"),
@@ -54,6 +59,9 @@ FIELDS = {
     'dtype': fields.Rule('the compute dtype', fields.one_of(tuple(DTYPES)), 'float32'),
     'init_from': fields.Rule("a workdir whose weights start the run ('': from scratch)",
                              fields.any_text, '/tmp/converted'),
+    'init_from_checkpoint': fields.Rule(
+        "which checkpoint of config.init_from starts the run ('final', 'best' on validation, "
+        'or a step number)', _checkpoint_choice, 'final'),
     'seed': fields.Rule('the seed of initialisation, data order and augmentation',
                         fields.integer(0), '0'),
     'batch_size': _positive('the global training batch size', '64'),
@@ -125,11 +133,12 @@ MODEL_KWARGS = {
 }
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, with_data: bool = True) -> None:
   """Checks every field's type and range (``FIELDS``, the data section's ``DATA_FIELDS``,
-  ``MODEL_KWARGS``), and the names that need no model, data or devices."""
+  ``MODEL_KWARGS``), and the names that need no model, data or devices. ``with_data``
+  False leaves the data section alone: a run whose shapes are given reads no data."""
   fields.check_fields(config, FIELDS, ConfigError)
-  if 'data' in config:
+  if with_data and 'data' in config:
     data.check_data_config(config.data)
   kwargs = config.model_kwargs
   fields.check_fields(kwargs, {k: r for k, r in MODEL_KWARGS.items() if k in kwargs},
@@ -309,12 +318,13 @@ def make_plan(config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None, *,
   sizes unchecked against the mesh: a saved run evaluated with a batch of its own, on
   another number of devices than it trained on.
   """
-  check_config(config)
+  reads_data = image_shape is None or num_classes is None
+  check_config(config, with_data=reads_data)  # DataPlan checks the data section again
   mesh = mesh if mesh is not None else make_mesh()
   if check_batches:
     check_batch_sizes(config, mesh.size)
   data_plan = None
-  if image_shape is None or num_classes is None:
+  if reads_data:
     data_plan = data.DataPlan(config.data)
     check_input_size(config, data_plan.image_size)  # saved runs and benchmarks: as they are
     image_shape, num_classes = data_plan.info.image_shape, data_plan.info.num_classes
