@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from rattn.study.spec import Cell, Study
 from rattn.train.metric_writer import format_duration
-from rattn.train.workdir import CONFIG_FILE, DATASET_INFO_FILE, METRICS_FILE
+from rattn.train.workdir import CONFIG_FILE, DATASET_INFO_FILE, METRICS_FILE, is_remote
 
 DONE_FILE = 'study_cell.json'
 LOG_FILE = 'train.log'
@@ -150,14 +150,14 @@ def _open_log(path) -> Any:
   """The file a cell's output is appended to: ``path`` itself on a local disk; on an
   object store (which cannot append, nor take a child's output), a local temporary
   file that ``_close_log`` uploads."""
-  if '://' not in os.fspath(path):
+  if not is_remote(path):
     return open(path, 'a')
   return tempfile.NamedTemporaryFile('w+', suffix='.log', delete=False)
 
 
 def _close_log(out: Any, path) -> None:
   out.close()
-  if '://' in os.fspath(path):
+  if is_remote(path):
     local = pathlib.Path(out.name)
     earlier = path.read_text() if path.exists() else ''
     path.write_text(earlier + local.read_text())

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, Optional
 from absl import logging
 from etils import epath
 
-from rattn.train.workdir import WorkdirError
+from rattn.train.workdir import WorkdirError, is_remote
 
 LOCK_FILE = 'lock.json'
 HEARTBEAT_S = 30.0
@@ -77,7 +77,7 @@ class WorkdirLock:
   def __post_init__(self):
     self.path = epath.Path(self.workdir) / LOCK_FILE
     if self.settle_s is None:
-      self.settle_s = SETTLE_S['remote' if '://' in os.fspath(self.workdir) else 'local']
+      self.settle_s = SETTLE_S['remote' if is_remote(self.workdir) else 'local']
     self.token = secrets.token_hex(8)
     self.started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
     self._stop = threading.Event()

@@ -73,8 +73,8 @@ def load_trained(workdir: str, step: Optional[int] = None, checkpoint: str = 'fi
   """``(model, variables, config)`` of a trained workdir, for inference and visualisation.
 
   The final (latest) checkpoint, unless ``checkpoint='best'`` (the best on the
-  run's validation split) or a ``step`` asks for another. ``model.apply(variables, images, train=False)`` gives
-  logits for images normalised as in training: ``config.dataset_info`` (added
+  run's validation split) or a ``step`` asks for another.
+  ``model.apply(variables, images, train=False)`` gives logits for images normalised as in training: ``config.dataset_info`` (added
   here) holds the dataset's ``mean``/``std``, ``num_classes`` and
   ``image_shape``, ``config.restored_step`` the step loaded and
   ``config.restored_checkpoint`` which checkpoint that is and why. Without a data
@@ -82,7 +82,8 @@ def load_trained(workdir: str, step: Optional[int] = None, checkpoint: str = 'fi
   training read its data from.
   """
   mesh = make_mesh(jax.local_devices()[:1])
-  plan, state, info, step, why = _restore(workdir_files.resolve(workdir), _which(step, checkpoint), mesh)
+  plan, state, info, step, why = _restore(workdir_files.resolve(workdir),
+                                          _which(step, checkpoint), mesh)
   config = plan.config
   _read_where_training_did(config.data, info)
   _recorded_validation(config.data, info)

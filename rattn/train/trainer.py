@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        sigterm: Callable[[], bool]) -> Dict[str, Any]:
+                        sigterm: Callable[[], Optional[int]]) -> Dict[str, Any]:
   started = time.perf_counter()
   workdir = workdir_files.resolve(workdir)  # a local directory or gs://bucket/run
   is_primary = jax.process_index() == 0
